@@ -1,0 +1,1 @@
+"""Torch networks -> ONNX stage graphs with metadata, and their parity checks."""

@@ -1,0 +1,165 @@
+"""``python -m export``: write the stage graphs, or check them against torch.
+
+python -m export --checkpoint coarse.pt fine.pt --out weights/
+python -m export --init random --seed 0 --out weights/
+python -m export --check weights/ [--image ct.nii.gz]
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from inference.hu import as_int16_hu
+from inference.stage_info import PRECISIONS
+from training.checkpoint import (
+    CheckpointError,
+    StageCheckpoint,
+    StageSettings,
+    load_checkpoint,
+    sha256_file,
+)
+from training.networks import build_network, network_spec
+
+from .check import (
+    FP16_AGREEMENT,
+    LABEL_AGREEMENT,
+    PROB_TOL,
+    PROB_TOL_MAX,
+    PROB_TOL_QUANTILE,
+    check_weights,
+    random_cases,
+)
+from .onnx_file import export_stage, project_version, write_manifest
+
+SAMPLE_CT = (
+    Path(__file__).resolve().parent.parent / "data" / "totalsegmentator" / "example_ct.nii.gz"
+)
+RANDOM_SHAPES = ((61, 90, 77), (130, 121, 96))
+
+
+def random_checkpoints(
+    seed: int, coarse_size: int, fine_size: int, divisor: int
+) -> list[StageCheckpoint]:
+    ckpts = []
+    for stage, size in (("coarse", coarse_size), ("fine", fine_size)):
+        torch.manual_seed(seed)
+        base = network_spec(stage)
+        spec = network_spec(
+            stage, input_size=size, channels=tuple(max(1, c // divisor) for c in base.channels)
+        )
+        ckpts.append(StageCheckpoint(spec, StageSettings(), build_network(spec).state_dict()))
+    return ckpts
+
+
+def run_export(args: argparse.Namespace) -> int:
+    if args.init == "random":
+        ckpts = random_checkpoints(
+            args.seed, args.coarse_size, args.fine_size, args.channel_divisor
+        )
+        sources = {c.stage: f"random-init seed={args.seed}" for c in ckpts}
+    else:
+        ckpts, sources = [], {}
+        for path in args.checkpoint:
+            ckpt = load_checkpoint(path)
+            if ckpt.stage in sources:
+                raise CheckpointError(f"{path}: a second {ckpt.stage} checkpoint")
+            ckpts.append(ckpt)
+            sources[ckpt.stage] = sha256_file(path)
+    version = project_version()
+    written = [
+        export_stage(ckpt, precision, args.out, version, sources[ckpt.stage])
+        for ckpt in ckpts
+        for precision in args.precision
+    ]
+    write_manifest(args.out, written, version, sources)
+    for path in written:
+        print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    cases = random_cases(args.seed, RANDOM_SHAPES)
+    image = args.image or SAMPLE_CT
+    cases[image.name] = as_int16_hu(sitk.GetArrayFromImage(sitk.ReadImage(str(image))))
+    results = check_weights(args.check, cases)
+    if not results:
+        print(f"error: {args.check}: no stage graphs found", file=sys.stderr)
+        return 2
+    q = f"p{100 * PROB_TOL_QUANTILE:g} |dp|"
+    print(f"{'graph':<16} {'case':<24} {'against':<10} {'max |dp|':>9} {q:>14} {'labels':>9}  ok")
+    for r in results:
+        worst = "-" if r.max_prob_diff is None else f"{r.max_prob_diff:.2e}"
+        quant = "-" if r.quantile_prob_diff is None else f"{r.quantile_prob_diff:.2e}"
+        print(
+            f"{r.graph:<16} {r.case:<24} {r.reference:<10} {worst:>9} {quant:>14} "
+            f"{100 * r.label_agreement:>8.4f}%  {'yes' if r.passed else 'NO'}"
+        )
+    print(
+        f"pass: fp32 {q} <= {PROB_TOL:g}, max |dp| <= {PROB_TOL_MAX:g}, labels >= "
+        f"{100 * LABEL_AGREEMENT:g}% of torch's; fp16 labels >= {100 * FP16_AGREEMENT:g}% of "
+        "the fp32 graph's"
+    )
+    return 0 if all(r.passed for r in results) else 1
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        help="stage checkpoint(s) from training; each knows its stage",
+    )
+    what.add_argument("--init", choices=["random"], help="export untrained networks")
+    what.add_argument(
+        "--check", type=Path, metavar="DIR", help="compare the graphs in DIR with torch"
+    )
+    p.add_argument("--out", type=Path, help="folder to write the graphs to")
+    p.add_argument("--precision", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    p.add_argument("--seed", type=int, default=0, help="random init / random check inputs")
+    p.add_argument(
+        "--coarse-size",
+        type=int,
+        default=network_spec("coarse").input_size,
+        help="random init: coarse network input side",
+    )
+    p.add_argument(
+        "--fine-size",
+        type=int,
+        default=network_spec("fine").input_size,
+        help="random init: fine network input side",
+    )
+    p.add_argument(
+        "--channel-divisor",
+        type=int,
+        default=1,
+        help="random init: divide the paper's channel counts (small test networks)",
+    )
+    p.add_argument("--image", type=Path, help="check: a CT to check on (default: bundled sample)")
+    args = p.parse_args(argv)
+    if args.check is None and args.out is None:
+        p.error("--out is required when exporting")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        return run_check(args) if args.check else run_export(args)
+    except (CheckpointError, ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Writing stage graphs: torch.onnx export, metadata, manifest."""
+
+import json
+import logging
+import subprocess
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+import onnx
+import torch
+
+from inference.organs import LABEL_NAMES
+from inference.stage_info import NORMALIZATION, StageInfo, graph_filename
+from training.checkpoint import StageCheckpoint, sha256_file
+
+from .graphs import INPUT_NAME, IO_DESCRIPTION, OUTPUT_NAME, StageGraph, with_exportable_norms
+
+OPSET = 21
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+MANIFEST = "manifest.json"
+
+log = logging.getLogger(__name__)
+
+
+def project_version() -> str:
+    """``git describe`` of the checkout this code runs from, else the installed version."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--tags", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        try:
+            return package_version("flare22")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def stage_graph(ckpt: StageCheckpoint, precision: str) -> StageGraph:
+    """The torch module that ``export_stage`` turns into ONNX (also the parity reference)."""
+    dtype = DTYPES[precision]
+    net = ckpt.network().eval().to(dtype)
+    return StageGraph(net, ckpt.spec.input_size, ckpt.settings, ckpt.stage == "fine", dtype).eval()
+
+
+def export_stage(
+    ckpt: StageCheckpoint, precision: str, out_dir: Path, version: str, source: str
+) -> Path:
+    """Export one stage at one precision to ``out_dir``; returns the written file."""
+    graph = with_exportable_norms(stage_graph(ckpt, precision))
+    # An example of unremarkable, distinct sizes so that no axis is specialised to a constant.
+    example = torch.zeros(
+        (ckpt.spec.input_size + 3, ckpt.spec.input_size + 5, ckpt.spec.input_size + 7),
+        dtype=torch.int16,
+    )
+    dims = {i: torch.export.Dim(axis, min=2) for i, axis in enumerate(("z", "y", "x"))}
+    # The exporter warns about optional torchvision ops it skips; they are not used here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            dynamic_shapes={INPUT_NAME: dims},
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            optimize=True,
+            verbose=False,
+        )
+    model = program.model_proto
+    info = StageInfo(
+        stage=ckpt.stage,
+        precision=precision,
+        input_size=ckpt.spec.input_size,
+        hu_window=ckpt.settings.hu_window,
+        normalization=NORMALIZATION,
+        labels=LABEL_NAMES,
+        threshold=ckpt.settings.threshold,
+        roi_margin_mm=ckpt.settings.roi_margin_mm,
+        min_component_mm3=ckpt.settings.min_component_mm3,
+        opset=OPSET,
+        version=version,
+        checkpoint_sha256=source,
+        network=ckpt.spec.to_json(),
+        io=IO_DESCRIPTION[ckpt.stage],
+    )
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, info.to_metadata())
+    model.doc_string = f"FLARE22 {ckpt.stage} stage graph ({precision}): {info.io}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / graph_filename(ckpt.stage, precision)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save_model(model, tmp)
+    tmp.replace(path)
+    log.info("wrote %s", path)
+    return path
+
+
+def write_manifest(
+    out_dir: Path, graphs: list[Path], version: str, sources: dict[str, str]
+) -> Path:
+    """``manifest.json``: every graph with its sha256 and size, the sources, the version."""
+    manifest = {
+        "version": version,
+        "sources": sources,
+        "graphs": {
+            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(graphs)
+        },
+    }
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path

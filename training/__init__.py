@@ -1,0 +1,1 @@
+"""Networks, data, losses and training of the coarse-to-fine adversarial method (torch)."""

@@ -1,0 +1,91 @@
+"""The checkpoint format shared by training and export.
+
+A checkpoint is one stage's network: its spec, the settings that must travel with its weights
+into the exported graph, and the weights. Training adds its own keys (optimizer, epoch,
+config) beside these; export reads only these.
+"""
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .networks import NetworkSpec, build_network
+
+FORMAT = "flare22-checkpoint/1"
+STAGES = ("coarse", "fine")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or not in the expected format."""
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Settings trained with a stage's weights and exported with them."""
+
+    hu_window: tuple[float, float] = (-325.0, 325.0)
+    threshold: float = 0.5
+    roi_margin_mm: float = 20.0
+    min_component_mm3: float = 1000.0
+
+
+@dataclass
+class StageCheckpoint:
+    spec: NetworkSpec
+    settings: StageSettings
+    state_dict: dict[str, torch.Tensor]
+
+    @property
+    def stage(self) -> str:
+        return self.spec.name
+
+    def network(self) -> nn.Module:
+        net = build_network(self.spec)
+        net.load_state_dict(self.state_dict)
+        return net
+
+
+def save_checkpoint(
+    path: Path, net: nn.Module, spec: NetworkSpec, settings: StageSettings, **extra: object
+) -> None:
+    """Write ``net`` with what export needs, plus any training ``extra`` keys."""
+    if spec.name not in STAGES:
+        raise ValueError(f"only stage networks {STAGES} have checkpoints, not {spec.name!r}")
+    payload = {
+        "format": FORMAT,
+        "spec": dataclasses.asdict(spec),
+        "settings": dataclasses.asdict(settings),
+        "model": net.state_dict(),
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> StageCheckpoint:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
+    settings = payload["settings"]
+    return StageCheckpoint(
+        spec=NetworkSpec.from_dict(payload["spec"]),
+        settings=StageSettings(**{**settings, "hu_window": tuple(settings["hu_window"])}),
+        state_dict=payload["model"],
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
