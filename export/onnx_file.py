@@ -74,6 +74,7 @@ def export_stage(
             verbose=False,
         )
     model = program.model_proto
+    _strip_trace_metadata(model.graph)
     info = StageInfo(
         stage=ckpt.stage,
         precision=precision,
@@ -100,6 +101,18 @@ def export_stage(
     tmp.replace(path)
     log.info("wrote %s", path)
     return path
+
+
+def _strip_trace_metadata(graph: onnx.GraphProto) -> None:
+    """Drop the exporter's per-node provenance (stack traces with this machine's paths).
+
+    It bloats the file and ties its bytes to where the code was checked out.
+    """
+    for items in (graph.node, graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in items:
+            del item.metadata_props[:]
+    for node in graph.node:
+        node.doc_string = ""
 
 
 def write_manifest(
