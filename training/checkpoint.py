@@ -7,6 +7,7 @@ config) beside these; export reads only these.
 
 import dataclasses
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,9 @@ def save_checkpoint(
 def load_checkpoint(path: Path) -> StageCheckpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e})") from e
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({reason})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
     settings = payload["settings"]
