@@ -54,27 +54,9 @@ def export_stage(
     """Export one stage at one precision to ``out_dir``; returns the written file."""
     graph = with_exportable_norms(stage_graph(ckpt, precision))
     # An example of unremarkable, distinct sizes so that no axis is specialised to a constant.
-    example = torch.zeros(
-        (ckpt.spec.input_size + 3, ckpt.spec.input_size + 5, ckpt.spec.input_size + 7),
-        dtype=torch.int16,
-    )
-    dims = {i: torch.export.Dim(axis, min=2) for i, axis in enumerate(("z", "y", "x"))}
-    # The exporter warns about optional torchvision ops it skips; they are not used here.
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    with torch.no_grad():
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            dynamo=True,
-            dynamic_shapes={INPUT_NAME: dims},
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            opset_version=OPSET,
-            optimize=True,
-            verbose=False,
-        )
-    model = program.model_proto
-    _strip_trace_metadata(model.graph)
+    s = ckpt.spec.input_size
+    example = torch.zeros((s + 3, s + 5, s + 7), dtype=torch.int16)
+    model = to_onnx(graph, example, dynamic=True)
     info = StageInfo(
         stage=ckpt.stage,
         precision=precision,
@@ -101,6 +83,25 @@ def export_stage(
     tmp.replace(path)
     log.info("wrote %s", path)
     return path
+
+
+def to_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic: bool) -> onnx.ModelProto:
+    """Trace ``module`` on one input into an ONNX model (axes dynamic if asked), provenance-free.
+
+    Export-time only: replace InstanceNorms with ``with_exportable_norms`` first.
+    """
+    dims = {i: torch.export.Dim(axis, min=2) for i, axis in enumerate(("z", "y", "x"))}
+    shapes = {INPUT_NAME: dims} if dynamic else None
+    # The exporter warns about optional torchvision ops it skips; they are not used here.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module, (example,), dynamo=True, dynamic_shapes=shapes, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], opset_version=OPSET, optimize=True, verbose=False,
+        )
+    model = program.model_proto
+    _strip_trace_metadata(model.graph)
+    return model
 
 
 def _strip_trace_metadata(graph: onnx.GraphProto) -> None:
