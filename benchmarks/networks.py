@@ -42,9 +42,9 @@ def child(runtime: str, stage: str, graph: Path, runs: int, threads: int) -> dic
     else:
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
+        from inference.sessions import cpu_session_options
+
+        opts = cpu_session_options(threads)
         session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
 
         def forward() -> object:

@@ -46,7 +46,7 @@ def _resample(volume, size_zyx):
         0.0,
         sitk.sitkFloat32,
     )
-    return sitk.GetArrayViewFromImage(out)
+    return sitk.GetArrayFromImage(out)
 
 
 def host_stage(session, volume, size: int, labels_at_input: bool, timings: dict):
@@ -77,9 +77,9 @@ def child(variant: str, stage: str, graph: Path, volume_path: Path, runs: int, t
     import onnxruntime as ort
 
     volume = np.load(volume_path)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
+    from inference.sessions import cpu_session_options
+
+    opts = cpu_session_options(threads)
     session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
     size = {"coarse": 160, "fine": 192}[stage]
     timings: dict[str, list[float]] = {}

@@ -22,6 +22,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from inference.sessions import cpu_session_options
 from inference.stage_info import StageInfo, graph_filename
 from training.checkpoint import StageCheckpoint, StageSettings
 from training.networks import NetworkSpec, build_network
@@ -76,10 +77,8 @@ def session_with_logits(model: onnx.ModelProto) -> tuple[ort.InferenceSession, s
     head = next(n for n in model.graph.node if n.op_type == "Conv" and n.input[1] == HEAD_WEIGHT)
     elem = model.graph.initializer[0].data_type
     model.graph.output.append(onnx.helper.make_tensor_value_info(head.output[0], elem, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
     session = ort.InferenceSession(
-        model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+        model.SerializeToString(), cpu_session_options(), providers=["CPUExecutionProvider"]
     )
     return session, head.output[0]
 
@@ -100,7 +99,9 @@ def check_weights(weights: Path, cases: dict[str, np.ndarray]) -> list[ParityRes
         reference = stage_graph(ckpt, "fp32")
         session, logits_name = session_with_logits(model)
         fp16 = (
-            ort.InferenceSession(str(fp16_path), providers=["CPUExecutionProvider"])
+            ort.InferenceSession(
+                str(fp16_path), cpu_session_options(), providers=["CPUExecutionProvider"]
+            )
             if fp16_path.exists()
             else None
         )
