@@ -101,7 +101,7 @@ def run_check(args: argparse.Namespace) -> int:
     print(
         f"pass: fp32 {q} <= {PROB_TOL:g}, max |dp| <= {PROB_TOL_MAX:g}, labels >= "
         f"{100 * LABEL_AGREEMENT:g}% of torch's; fp16 labels >= {100 * FP16_AGREEMENT:g}% of "
-        "the fp32 graph's"
+        "an fp32 twin's (the fp16 graph's ops in fp32)"
     )
     return 0 if all(r.passed for r in results) else 1
 

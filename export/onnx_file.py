@@ -49,19 +49,30 @@ def stage_graph(ckpt: StageCheckpoint, precision: str) -> StageGraph:
     return StageGraph(net, ckpt.spec.input_size, ckpt.settings, ckpt.stage == "fine", dtype).eval()
 
 
-def export_stage(
-    ckpt: StageCheckpoint, precision: str, out_dir: Path, version: str, source: str
-) -> Path:
-    """Export one stage at one precision to ``out_dir``; returns the written file."""
+def stage_model(
+    ckpt: StageCheckpoint, precision: str, native_norms: bool | None = None
+) -> onnx.ModelProto:
+    """The ONNX stage graph, without metadata.
+
+    InstanceNorms are exported as ``HierarchicalInstanceNorm`` in fp32 (accurate on ORT's CPU
+    kernels) and as ONNX InstanceNormalization in fp16: there the decomposed form would square
+    activations in fp16, which overflows past 256, while ORT's CUDA kernel keeps its statistics
+    in fp32 and needs no extra full-size buffers. ``native_norms`` overrides the choice.
+    """
     graph = stage_graph(ckpt, precision)
-    if precision == "fp32":
-        # fp16 keeps ONNX InstanceNormalization: the decomposed form squares activations in
-        # fp16, which overflows past 256, while ORT's CUDA kernel keeps its statistics in fp32.
+    if not (precision == "fp16" if native_norms is None else native_norms):
         graph = with_exportable_norms(graph)
     # An example of unremarkable, distinct sizes so that no axis is specialised to a constant.
     s = ckpt.spec.input_size
     example = torch.zeros((s + 3, s + 5, s + 7), dtype=torch.int16)
-    model = to_onnx(graph, example, dynamic=True)
+    return to_onnx(graph, example, dynamic=True)
+
+
+def export_stage(
+    ckpt: StageCheckpoint, precision: str, out_dir: Path, version: str, source: str
+) -> Path:
+    """Export one stage at one precision to ``out_dir``; returns the written file."""
+    model = stage_model(ckpt, precision)
     info = StageInfo(
         stage=ckpt.stage,
         precision=precision,

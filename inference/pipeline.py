@@ -1,0 +1,105 @@
+"""One case, end to end: canonical orientation, coarse graph, region, fine graph, components."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .components import keep_components
+from .hu import as_int16_hu
+from .orientation import Orientation
+from .roi import fine_region
+from .sessions import cpu_session_options
+from .stage_info import StageInfo, graph_filename
+
+log = logging.getLogger(__name__)
+
+
+class DeviceError(RuntimeError):
+    """The requested execution provider is not available."""
+
+
+@dataclass
+class Stage:
+    session: ort.InferenceSession
+    info: StageInfo
+
+    def run(self, image: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"image": np.ascontiguousarray(image)})[0]
+
+
+def load_stage(weights: Path, stage: str, device: str) -> Stage:
+    """The stage graph for ``device`` ("cuda": fp16 on the CUDA provider, "cpu": fp32)."""
+    precision = "fp16" if device == "cuda" else "fp32"
+    path = weights / graph_filename(stage, precision)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such stage graph (python -m export writes them)")
+    if device == "cuda":
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+    else:
+        providers = ["CPUExecutionProvider"]
+        opts = cpu_session_options()
+    session = ort.InferenceSession(str(path), opts, providers=providers)
+    got = session.get_providers()
+    if device == "cuda" and got[0] != "CUDAExecutionProvider":
+        raise DeviceError(f"{path}: CUDA was requested but ONNX Runtime gave {got}")
+    info = StageInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    log.info("%s: %s on %s", stage, path.name, got[0])
+    return Stage(session, info)
+
+
+def pick_device(device: str) -> str:
+    """ "auto" -> "cuda" when ONNX Runtime has the CUDA provider, else "cpu"."""
+    if device != "auto":
+        return device
+    return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+
+
+@dataclass
+class Result:
+    labels: np.ndarray  # uint8, the source array's (z, y, x) shape and order
+    timings: dict[str, float] = field(default_factory=dict)
+    region: str = ""  # where the fine crop came from: "organs", "body" or "volume"
+
+
+class Segmenter:
+    """Loads both stage graphs once; ``segment`` runs one volume through them."""
+
+    def __init__(self, weights: Path, device: str = "auto") -> None:
+        self.device = pick_device(device)
+        self.coarse = load_stage(weights, "coarse", self.device)
+        self.fine = load_stage(weights, "fine", self.device)
+        self.providers = self.coarse.session.get_providers()
+
+    def segment(
+        self, volume: np.ndarray, spacing_xyz: tuple[float, ...], direction: tuple[float, ...]
+    ) -> Result:
+        """Labels for a source ``(z, y, x)`` HU volume with SimpleITK spacing and direction."""
+        timings = {}
+        t = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal t
+            now = time.perf_counter()
+            timings[name] = now - t
+            t = now
+
+        orientation = Orientation.from_direction(direction)
+        hu = orientation.apply(as_int16_hu(np.asarray(volume)))
+        spacing = orientation.spacing(tuple(spacing_xyz))  # type: ignore[arg-type]
+        coarse = self.coarse.run(hu)
+        lap("coarse")
+        box, region = fine_region(coarse, hu, spacing, self.fine.info.roi_margin_mm)
+        lap("region")
+        crop = self.fine.run(hu[box])
+        lap("fine")
+        crop = keep_components(crop, spacing, self.fine.info.min_component_mm3)
+        labels = np.zeros(hu.shape, np.uint8)
+        labels[box] = crop
+        labels = np.ascontiguousarray(orientation.undo(labels))
+        lap("post")
+        return Result(labels, timings, region)
