@@ -1,7 +1,10 @@
 """Finding, reading, validating and writing CT volumes."""
 
+import gzip
 import math
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,7 @@ def read_ct(path: Path) -> sitk.Image:
         lines = [line for line in str(e).splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else "unreadable"
         raise InputError(f"{path}: cannot read image ({reason})") from e
+    check_gzip_complete(path)
     if image.GetDimension() != 3:
         raise InputError(f"{path}: {image.GetDimension()}D image, expected a 3D volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -55,6 +59,48 @@ def read_ct(path: Path) -> sitk.Image:
     if not all(math.isfinite(s) and 0 < s <= MAX_SPACING_MM for s in spacing):
         raise InputError(f"{path}: spacing {spacing} mm is not in (0, {MAX_SPACING_MM:g}]")
     return image
+
+
+def _nifti_bytes(header: bytes) -> int | None:
+    """Uncompressed size of a .nii file from its header (NIfTI-1 or -2), None if not one."""
+    for endian in "<>":
+        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+        elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7:
+            return None
+        return offset + math.prod(dims[1 : dims[0] + 1]) * bitpix // 8
+    return None
+
+
+def check_gzip_complete(path: Path) -> None:
+    """``InputError`` if a .nii.gz is cut short; ITK reads such a file without complaint.
+
+    Reads only the header and the gzip trailer, whose last 4 bytes hold the uncompressed size
+    modulo 2^32: a truncated file ends in arbitrary bytes instead.
+    """
+    if not path.name.lower().endswith(".nii.gz"):
+        return
+    try:
+        with gzip.open(path) as f:
+            header = f.read(540)
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            (stored,) = struct.unpack("<I", f.read(4))
+    except (OSError, EOFError, zlib.error) as e:
+        raise InputError(f"{path}: corrupt gzip ({e})") from e
+    expected = _nifti_bytes(header)
+    if expected is not None and stored != expected % 2**32:
+        raise InputError(
+            f"{path}: truncated or corrupt gzip (holds {stored} bytes, header needs {expected})"
+        )
 
 
 def hu_array(image: sitk.Image, path: Path) -> np.ndarray:
