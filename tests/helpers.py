@@ -1,6 +1,11 @@
-"""Constants shared by the tests."""
+"""Constants and helpers shared by the tests."""
 
 from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from inference.orientation import Orientation
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"
@@ -11,3 +16,23 @@ SMALL = {
     "fine": {"input_size": 64, "channels": (4, 8, 16, 32, 64)},
     "discriminator": {"input_size": 32, "channels": (8, 16, 32, 64)},
 }
+
+
+def reoriented(image: sitk.Image, o: Orientation) -> sitk.Image:
+    """The same anatomy stored with permuted, flipped axes and a matching header."""
+    array = sitk.GetArrayFromImage(image)
+    out = sitk.GetImageFromArray(np.ascontiguousarray(o.undo(array)))
+    d_src = np.array(image.GetDirection()).reshape(3, 3)
+    d = np.zeros((3, 3))
+    spacing = [0.0] * 3
+    for c in range(3):  # canonical array axis c is source array axis o.axes[c]
+        i_src, i_can = 2 - o.axes[c], 2 - c
+        d[:, i_src] = d_src[:, i_can] * (-1 if o.flips[c] else 1)
+        spacing[i_src] = image.GetSpacing()[i_can]
+    out.SetDirection(d.ravel().tolist())
+    out.SetSpacing(spacing)
+    # The new first voxel is some corner of the old grid: the origin is that corner's position.
+    index = o.undo(np.arange(array.size).reshape(array.shape))[0, 0, 0]
+    z, y, x = np.unravel_index(index, array.shape)
+    out.SetOrigin(image.TransformIndexToPhysicalPoint((int(x), int(y), int(z))))
+    return out

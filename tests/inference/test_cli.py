@@ -4,78 +4,26 @@ import gzip
 import subprocess
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
-from export.__main__ import main as export_main
 from inference.__main__ import main as infer_main
 from inference.orientation import Orientation
-from tests.helpers import ROOT, SAMPLE_CT
+from tests.helpers import ROOT, SAMPLE_CT, reoriented
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    out = tmp_path_factory.mktemp("weights")
-    args = [
-        "--init",
-        "random",
-        "--seed",
-        "1",
-        "--coarse-size",
-        "32",
-        "--fine-size",
-        "64",
-        "--channel-divisor",
-        "4",
-        "--precision",
-        "fp32",
-        "--out",
-        str(out),
-    ]
-    assert export_main(args) == 0
-    return out
+def run(small_weights, inputs, outputs, *extra):
+    io = ["-i", str(inputs), "-o", str(outputs)]
+    return infer_main([*io, "--weights", str(small_weights), "--device", "cpu", *extra])
 
 
-def reoriented(image: sitk.Image, o: Orientation) -> sitk.Image:
-    """The same anatomy stored with permuted, flipped axes and a matching header."""
-    array = sitk.GetArrayFromImage(image)
-    out = sitk.GetImageFromArray(np.ascontiguousarray(o.undo(array)))
-    d_src = np.array(image.GetDirection()).reshape(3, 3)
-    d = np.zeros((3, 3))
-    spacing = [0.0] * 3
-    for c in range(3):  # canonical array axis c is source array axis o.axes[c]
-        i_src, i_can = 2 - o.axes[c], 2 - c
-        d[:, i_src] = d_src[:, i_can] * (-1 if o.flips[c] else 1)
-        spacing[i_src] = image.GetSpacing()[i_can]
-    out.SetDirection(d.ravel().tolist())
-    out.SetSpacing(spacing)
-    return out
-
-
-def run(weights, inputs, outputs, *extra):
-    return infer_main(
-        [
-            "-i",
-            str(inputs),
-            "-o",
-            str(outputs),
-            "--weights",
-            str(weights),
-            "--device",
-            "cpu",
-            *extra,
-        ]
-    )
-
-
-def test_outputs_keep_geometry_and_follow_the_anatomy(weights, tmp_path):
+def test_outputs_keep_geometry_and_follow_the_anatomy(small_weights, tmp_path):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     image = sitk.ReadImage(str(SAMPLE_CT))
     sitk.WriteImage(image, str(inputs / "caseA_0000.nii.gz"))
     o = Orientation((2, 0, 1), (True, False, True))
     sitk.WriteImage(reoriented(image, o), str(inputs / "caseA_turned.mha"))
-    assert run(weights, inputs, outputs, "--timings", str(tmp_path / "t.jsonl")) == 0
+    assert run(small_weights, inputs, outputs, "--timings", str(tmp_path / "t.jsonl")) == 0
     assert sorted(p.name for p in outputs.iterdir()) == ["caseA.nii.gz", "caseA_turned.nii.gz"]
     for name, source in (("caseA", "caseA_0000.nii.gz"), ("caseA_turned", "caseA_turned.mha")):
         src, out = (
@@ -95,7 +43,7 @@ def test_outputs_keep_geometry_and_follow_the_anatomy(weights, tmp_path):
     assert len(records) == 2 and '"fine"' in records[0] and '"CPUExecutionProvider"' in records[0]
 
 
-def test_bad_inputs_are_reported_and_skipped(weights, tmp_path, capsys):
+def test_bad_inputs_are_reported_and_skipped(small_weights, tmp_path, capsys):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     good = sitk.ReadImage(str(SAMPLE_CT))
@@ -115,7 +63,7 @@ def test_bad_inputs_are_reported_and_skipped(weights, tmp_path, capsys):
     sitk.WriteImage(wide, str(inputs / "absurd_spacing.nii.gz"))
     before = {p.name: p.read_bytes() for p in inputs.iterdir()}
 
-    assert run(weights, inputs, outputs) == 1
+    assert run(small_weights, inputs, outputs) == 1
     errors = capsys.readouterr().err.strip().splitlines()
     bad = sorted(set(before) - {"good_0000.nii.gz"})
     assert len(errors) == len(bad)
@@ -125,13 +73,13 @@ def test_bad_inputs_are_reported_and_skipped(weights, tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
 
 
-def test_no_inputs_is_exit_code_2(weights, tmp_path, capsys):
+def test_no_inputs_is_exit_code_2(small_weights, tmp_path, capsys):
     (tmp_path / "in").mkdir()
-    assert run(weights, tmp_path / "in", tmp_path / "out") == 2
+    assert run(small_weights, tmp_path / "in", tmp_path / "out") == 2
     assert "no input images" in capsys.readouterr().err
 
 
-def test_predict_sh_runs_the_cli(weights, tmp_path):
+def test_predict_sh_runs_the_cli(small_weights, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     sitk.WriteImage(sitk.ReadImage(str(SAMPLE_CT)), str(inputs / "x_0000.nii.gz"))
@@ -148,3 +96,13 @@ def test_predict_sh_runs_the_cli(weights, tmp_path):
         assert done.returncode == 2 and "coarse_fp32.onnx" in done.stderr
     else:
         assert done.returncode == 0 and (tmp_path / "out" / "x.nii.gz").exists()
+
+
+def test_reoriented_test_images_hold_the_same_anatomy():
+    image = sitk.ReadImage(str(SAMPLE_CT))
+    turned = reoriented(image, Orientation((1, 2, 0), (True, True, False)))
+    # Every voxel of the turned image sits where the same value sat in the original.
+    for index in [(0, 0, 0), (5, 17, 3), (turned.GetSize()[0] - 1, 2, 9)]:
+        point = turned.TransformIndexToPhysicalPoint(index)
+        original = image.TransformPhysicalPointToIndex(point)
+        assert turned[index] == image[original]
