@@ -50,7 +50,7 @@ def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
         "case": case_name(path),
         "shape": list(volume.shape),
         "providers": segmenter.providers,
-        "region": result.region,
+        "roi_source": result.region,
         "read": read,
         **result.timings,
         "write": write,
