@@ -1,0 +1,197 @@
+"""Per-stage time and peak RSS of ``python -m inference`` on FLARE-sized cases, on the CPU.
+
+    python benchmarks/pipeline.py [--weights DIR] [--runs 3] [--out results/pipeline.json]
+
+Cases: the bundled CT resampled to 0.8 x 0.8 x 2.5 mm and padded with air to 512 x 512 in-plane
+(the FLARE-sized case), then the same anatomy at 150, 300 and 600 slices. Each case runs in a
+fresh process (``--runs`` times, median); in the same run, fresh processes also time the two
+networks alone at their input sizes, so the targets compare figures from one machine state:
+- time: pipeline total <= 1.25 x (coarse forward + fine forward + read + write);
+- memory: pipeline peak RSS <= fine network forward's peak RSS + 1024 MiB.
+Without ``--weights``, paper-size random graphs are exported first. Random coarse labels are
+scattered, so the fine crop is then nearly the whole volume: the worst case for the fine stage.
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._child import median, peak_rss_mib, run_child, time_runs  # noqa: E402
+
+FLARE_SPACING = (0.8, 0.8, 2.5)  # x, y, z mm
+SLICES = (150, 300, 600)
+TIME_FACTOR, RSS_MARGIN_MIB = 1.25, 1024
+
+
+def make_case(ct, spacing_xyz, size_xyz, path: Path) -> None:
+    """Resample ``ct`` onto a grid of ``size_xyz`` voxels of ``spacing_xyz`` centred on it."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    centre = ct.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in ct.GetSize()])
+    d = np.array(ct.GetDirection()).reshape(3, 3)
+    half = np.array([(n - 1) / 2 * s for n, s in zip(size_xyz, spacing_xyz, strict=True)])
+    origin = np.array(centre) - d @ half
+    out = sitk.Resample(
+        ct,
+        [int(n) for n in size_xyz],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        origin.tolist(),
+        spacing_xyz,
+        ct.GetDirection(),
+        -1024.0,
+        sitk.sitkInt16,
+    )
+    sitk.WriteImage(out, str(path), useCompression=True)
+
+
+def prepare_cases(folder: Path) -> dict[str, Path]:
+    import SimpleITK as sitk
+
+    ct = sitk.ReadImage(str(ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"))
+    extent_z = ct.GetSize()[2] * ct.GetSpacing()[2]
+    cases = {}
+    grids = {"flare": (FLARE_SPACING, round(extent_z / FLARE_SPACING[2]))}
+    grids.update({f"{n} slices": ((0.8, 0.8, extent_z / n), n) for n in SLICES})
+    for name, (spacing, slices) in grids.items():
+        case = folder / name.replace(" ", "_")
+        case.mkdir()
+        make_case(ct, spacing, (512, 512, slices), case / "case_0000.nii.gz")
+        cases[name] = case
+    return cases
+
+
+def child_pipeline(weights: Path, case: Path, runs: int) -> dict:
+    from inference.__main__ import segment_file
+    from inference.io import find_inputs
+    from inference.pipeline import Segmenter
+
+    segmenter = Segmenter(weights, "cpu")
+    path = find_inputs(case)[0]
+    out = case / "out"
+    out.mkdir(exist_ok=True)
+    records = []
+    time_runs(lambda: records.append(segment_file(segmenter, path, out)), runs, warmup=0)
+    return {"records": records, "peak_rss_mib": peak_rss_mib()}
+
+
+def child_network(weights: Path, stage: str, runs: int) -> dict:
+    """The stage's network alone (the graph's initializers in a network-only export)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from inference.sessions import cpu_session_options
+
+    path = weights / f"{stage}_network.onnx"
+    session = ort.InferenceSession(
+        str(path), cpu_session_options(), providers=["CPUExecutionProvider"]
+    )
+    size = session.get_inputs()[0].shape[-1]
+    x = np.random.default_rng(0).standard_normal((1, 1, size, size, size), dtype=np.float32)
+    times = time_runs(lambda: session.run(None, {"image": x}), runs)
+    return {"times": times, "peak_rss_mib": peak_rss_mib()}
+
+
+def export_graphs(folder: Path, weights: Path | None) -> Path:
+    """Stage graphs (given or random paper-size) plus network-only graphs of the same weights."""
+    import shutil
+
+    import onnx
+    import torch
+
+    from export.__main__ import main as export_main
+    from export.check import load_stage
+    from export.graphs import with_exportable_norms
+    from export.onnx_file import to_onnx
+
+    out = folder / "weights"
+    if weights is None:
+        assert export_main(["--init", "random", "--out", str(out), "--precision", "fp32"]) == 0
+    else:
+        shutil.copytree(weights, out)
+    for stage in ("coarse", "fine"):
+        _, _, ckpt = load_stage(out / f"{stage}_fp32.onnx")
+        s = ckpt.spec.input_size
+        net = with_exportable_norms(ckpt.network().eval())
+        model = to_onnx(net, torch.zeros((1, 1, s, s, s)), dynamic=False)
+        onnx.save_model(model, out / f"{stage}_network.onnx")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights", type=Path, help="stage graphs (default: random paper-size)")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "pipeline.json")
+    p.add_argument("--child", nargs=3, metavar=("KIND", "WEIGHTS", "ARG"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        kind, weights, arg = args.child
+        fn = child_pipeline if kind == "pipeline" else child_network
+        result = fn(Path(weights), Path(arg) if kind == "pipeline" else arg, args.runs)
+        print(json.dumps(result))
+        return 0
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = export_graphs(Path(tmp), args.weights)
+        cases = prepare_cases(Path(tmp))
+        runs = ["--runs", str(args.runs)]
+        nets = {
+            s: run_child(Path(__file__), ["network", str(weights), s, *runs])
+            for s in ("coarse", "fine")
+        }
+        for name, case in cases.items():
+            r = run_child(Path(__file__), ["pipeline", str(weights), str(case), *runs])
+            stages = ("read", "coarse", "region", "fine", "post", "write", "total")
+            row = {k: median([rec[k] for rec in r["records"]]) for k in stages}
+            row.update(
+                case=name,
+                shape=r["records"][0]["shape"],
+                roi=r["records"][0]["roi_source"],
+                peak_rss_mib=r["peak_rss_mib"],
+            )
+            rows.append(row)
+    net_s = {s: median(n["times"]) for s, n in nets.items()}
+    fine_rss = nets["fine"]["peak_rss_mib"]
+    print(
+        f"networks alone: coarse {net_s['coarse']:.2f} s, fine {net_s['fine']:.2f} s "
+        f"(peak RSS {fine_rss:.0f} MiB); {args.runs} runs, ONNX Runtime fp32, CPU"
+    )
+    print(
+        f"{'case':<11} {'z x y x x':>13} {'roi':>6} {'read':>5} {'coarse':>6} {'region':>6} "
+        f"{'fine':>6} {'post':>5} {'write':>5} {'total':>6} {'bound':>6} {'RSS MiB':>8} "
+        f"{'RSS cap':>8}"
+    )
+    for row in rows:
+        row["time_bound_s"] = TIME_FACTOR * (
+            net_s["coarse"] + net_s["fine"] + row["read"] + row["write"]
+        )
+        row["rss_cap_mib"] = fine_rss + RSS_MARGIN_MIB
+        shape = "x".join(map(str, row["shape"]))
+        print(
+            f"{row['case']:<11} {shape:>13} {row['roi']:>6} {row['read']:>5.2f} "
+            f"{row['coarse']:>6.2f} {row['region']:>6.2f} {row['fine']:>6.2f} "
+            f"{row['post']:>5.2f} {row['write']:>5.2f} {row['total']:>6.2f} "
+            f"{row['time_bound_s']:>6.2f} {row['peak_rss_mib']:>8.0f} {row['rss_cap_mib']:>8.0f}"
+        )
+    print(
+        f"bound = {TIME_FACTOR} x (both network forwards + read + write); "
+        f"RSS cap = fine forward's peak RSS + {RSS_MARGIN_MIB} MiB"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"networks_s": net_s, "fine_rss_mib": fine_rss, "rows": rows}, indent=2) + "\n"
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
