@@ -12,7 +12,7 @@ from .components import keep_components
 from .hu import as_int16_hu
 from .orientation import Orientation
 from .roi import fine_region
-from .sessions import cpu_session_options
+from .sessions import cpu_session_options, shrinking_run_options
 from .stage_info import StageInfo, graph_filename
 
 log = logging.getLogger(__name__)
@@ -26,9 +26,11 @@ class DeviceError(RuntimeError):
 class Stage:
     session: ort.InferenceSession
     info: StageInfo
+    run_options: ort.RunOptions
 
     def run(self, image: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"image": np.ascontiguousarray(image)})[0]
+        feeds = {"image": np.ascontiguousarray(image)}
+        return self.session.run(None, feeds, self.run_options)[0]
 
 
 def load_stage(weights: Path, stage: str, device: str) -> Stage:
@@ -49,7 +51,7 @@ def load_stage(weights: Path, stage: str, device: str) -> Stage:
         raise DeviceError(f"{path}: CUDA was requested but ONNX Runtime gave {got}")
     info = StageInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     log.info("%s: %s on %s", stage, path.name, got[0])
-    return Stage(session, info)
+    return Stage(session, info, shrinking_run_options(device))
 
 
 def pick_device(device: str) -> str:
