@@ -18,17 +18,32 @@ class InputError(ValueError):
     """An input that cannot be segmented; the message names the file and the reason."""
 
 
+def dicom_series(folder: Path) -> list[str]:
+    """Series instance UIDs of the DICOM files directly in ``folder``."""
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+
+
 def find_inputs(folder: Path) -> list[Path]:
-    """Image files in ``folder`` (not recursive), sorted by name; hidden files skipped."""
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(SUFFIXES)
-    )
+    """Image files in ``folder`` and its sub-folders holding DICOM, sorted by name.
+
+    Not recursive beyond one level; hidden entries are skipped.
+    """
+    found = []
+    for p in folder.iterdir():
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.name.lower().endswith(SUFFIXES):
+            found.append(p)
+        elif p.is_dir() and dicom_series(p):
+            found.append(p)
+    return sorted(found)
 
 
 def case_name(path: Path) -> str:
-    """``FLARE22_Tr_0001_0000.nii.gz`` -> ``FLARE22_Tr_0001``; ``scan.mha`` -> ``scan``."""
+    """``FLARE22_Tr_0001_0000.nii.gz`` -> ``FLARE22_Tr_0001``; ``scan.mha`` -> ``scan``.
+
+    A DICOM folder is named after the folder.
+    """
     name = path.name
     for suffix in SUFFIXES:
         if name.lower().endswith(suffix):
@@ -37,10 +52,19 @@ def case_name(path: Path) -> str:
     return name.removesuffix("_0000")
 
 
+def _read_series(folder: Path) -> sitk.Image:
+    series = dicom_series(folder)
+    if len(series) != 1:
+        raise InputError(f"{folder}: holds {len(series)} DICOM series, expected one")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return reader.Execute()
+
+
 def read_ct(path: Path) -> sitk.Image:
     """Read and validate a 3D scalar CT; raises ``InputError`` naming the file and reason."""
     try:
-        image = sitk.ReadImage(str(path))
+        image = _read_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else "unreadable"

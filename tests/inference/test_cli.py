@@ -70,7 +70,11 @@ def test_bad_inputs_are_reported_and_skipped(small_weights, tmp_path, capsys):
     wide = sitk.Image([8, 8, 8], sitk.sitkInt16)
     wide.SetSpacing((1.0, 1.0, 5000.0))
     sitk.WriteImage(wide, str(inputs / "absurd_spacing.nii.gz"))
-    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    small = sitk.Image([8, 8, 4], sitk.sitkInt16)
+    write_dicom_series(small, inputs / "two_series", 1)
+    write_dicom_series(small, inputs / "two_series", 2)
+    before = {p.name: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
+    before["two_series"] = b""
 
     assert run(small_weights, inputs, outputs) == 1
     errors = capsys.readouterr().err.strip().splitlines()
@@ -79,7 +83,8 @@ def test_bad_inputs_are_reported_and_skipped(small_weights, tmp_path, capsys):
     for name, line in zip(bad, sorted(errors, key=lambda e: e.split(":")[0]), strict=True):
         assert line.startswith("ERROR ") and name in line
     assert [p.name for p in outputs.iterdir()] == ["good.nii.gz"]
-    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+    after = {p.name: p.read_bytes() for p in inputs.iterdir() if p.is_file()}
+    assert after == {k: v for k, v in before.items() if k != "two_series"}
 
 
 def test_no_inputs_is_exit_code_2(small_weights, tmp_path, capsys):
@@ -115,3 +120,47 @@ def test_reoriented_test_images_hold_the_same_anatomy():
         point = turned.TransformIndexToPhysicalPoint(index)
         original = image.TransformPhysicalPointToIndex(point)
         assert turned[index] == image[original]
+
+
+def write_dicom_series(image: sitk.Image, folder, number: int = 1) -> None:
+    """Write a 3D int16 image as DICOM CT series ``number``, one file per slice."""
+    folder.mkdir(exist_ok=True)
+    d = image.GetDirection()
+    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    series = f"1.2.826.0.1.3680043.2.1125.1.42424{number}"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        s = image[:, :, z]
+        position = image.TransformIndexToPhysicalPoint((0, 0, z))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.4242",
+            "0020|000e": series,
+            "0020|0037": orientation,
+            "0020|0032": "\\".join(map(str, position)),
+            "0020|0013": str(z + 1),
+            "0008|0018": f"{series}.{z + 1}",
+            "0018|0050": str(image.GetSpacing()[2]),
+            "0028|0030": f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}",
+        }
+        for key, value in tags.items():
+            s.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"series{number}_slice{z:04d}.dcm"))
+        writer.Execute(s)
+
+
+def test_a_folder_holding_a_dicom_series_is_a_case(small_weights, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    ct = sitk.Cast(sitk.ReadImage(str(SAMPLE_CT)), sitk.sitkInt16)
+    sitk.WriteImage(ct, str(inputs / "nifti_0000.nii.gz"))
+    write_dicom_series(ct, inputs / "dicom_case")
+    assert run(small_weights, inputs, outputs) == 0
+    dicom = sitk.ReadImage(str(outputs / "dicom_case.nii.gz"))
+    nifti = sitk.ReadImage(str(outputs / "nifti.nii.gz"))
+    assert dicom.GetSize() == nifti.GetSize()
+    assert np.allclose(dicom.GetOrigin(), nifti.GetOrigin(), atol=1e-3)
+    assert np.allclose(dicom.GetDirection(), nifti.GetDirection())
+    assert np.allclose(dicom.GetSpacing(), nifti.GetSpacing(), atol=1e-4)
+    assert np.array_equal(sitk.GetArrayFromImage(dicom), sitk.GetArrayFromImage(nifti))
