@@ -114,8 +114,9 @@ def check_weights(weights: Path, cases: dict[str, np.ndarray]) -> list[ParityRes
         for case, image in cases.items():
             labels, logits = session.run(["labels", logits_name], {INPUT_NAME: image})
             with torch.no_grad():
-                ref_logits = reference.logits(torch.from_numpy(image)).numpy()
-                ref_labels = reference(torch.from_numpy(image)).numpy()
+                tensor = torch.from_numpy(image)
+                ref = reference.logits(tensor)
+                ref_logits, ref_labels = ref.numpy(), reference.labels(ref, tensor).numpy()
             diff = np.abs(_sigmoid(logits) - _sigmoid(ref_logits))
             worst, quantile = float(diff.max()), float(np.quantile(diff, PROB_TOL_QUANTILE))
             agree = float((labels == ref_labels).mean())

@@ -47,9 +47,13 @@ class StageGraph(nn.Module):
         x = preprocess(image[None, None], self.input_size, self.window, self.dtype)
         return self.net(x)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def labels(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The graph's output for ``image`` from its network's ``logits``."""
         size = image.shape if self.labels_at_input_size else None
-        return assign_labels(self.logits(image), size, self.threshold)[0]
+        return assign_labels(logits, size, self.threshold)[0]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.labels(self.logits(image), image)
 
 
 class HierarchicalInstanceNorm(nn.Module):
