@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ERROR {e}", file=sys.stderr)
             failed += 1
             continue
+        except OSError as e:  # e.g. the output folder is full or not writable
+            print(f"ERROR {path}: cannot write its labels ({e})", file=sys.stderr)
+            failed += 1
+            continue
         if args.timings:
             with open(args.timings, "a") as f:
                 f.write(json.dumps(record) + "\n")

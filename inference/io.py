@@ -144,5 +144,8 @@ def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path) -> None:
     try:
         sitk.WriteImage(out, str(tmp), useCompression=True)
         os.replace(tmp, path)
+    except RuntimeError as e:  # ITK reports failed writes as RuntimeError
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise OSError(f"{path}: {lines[-1].strip() if lines else 'write failed'}") from e
     finally:
         tmp.unlink(missing_ok=True)

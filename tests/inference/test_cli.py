@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -164,3 +165,16 @@ def test_a_folder_holding_a_dicom_series_is_a_case(small_weights, tmp_path):
     assert np.allclose(dicom.GetDirection(), nifti.GetDirection())
     assert np.allclose(dicom.GetSpacing(), nifti.GetSpacing(), atol=1e-4)
     assert np.array_equal(sitk.GetArrayFromImage(dicom), sitk.GetArrayFromImage(nifti))
+
+
+def test_an_unwritable_output_is_reported_and_the_batch_goes_on(small_weights, tmp_path, capsys):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("a_0000.nii.gz", "b_0000.nii.gz"):
+        shutil.copy(SAMPLE_CT, inputs / name)
+    (outputs / "a.nii.gz").mkdir(parents=True)  # a folder where a's labels should go
+    assert run(small_weights, inputs, outputs) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ERROR ") and "a_0000.nii.gz" in err[0]
+    assert (outputs / "b.nii.gz").is_file()
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "b.nii.gz"]
