@@ -22,9 +22,9 @@ def resize(x: torch.Tensor, size: tuple[int, int, int] | torch.Size) -> torch.Te
 def volume_mean(x: torch.Tensor) -> torch.Tensor:
     """Mean over (z, y, x) per sample and channel, kept as N x C x 1 x 1 x 1.
 
-    Averaging each slice first, then the slices, keeps every float sum short. ONNX Runtime's
-    CPU kernels sum a whole reduction in one accumulator: over a 160^3 volume that costs 1e-3
-    of relative accuracy, against 1e-6 this way.
+    Averaging along x, then y, then z keeps every float sum short (at most one axis long).
+    ONNX Runtime's CPU kernels sum a whole reduction in one accumulator: over a 160^3 volume
+    that costs 1e-3 of relative accuracy, against about 1e-6 this way.
     """
     return x.mean(dim=4, keepdim=True).mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
 
