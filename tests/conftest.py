@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from export.__main__ import main as export_main
 from inference.hu import as_int16_hu
-from tests.helpers import SAMPLE_CT
+from tests.helpers import SAMPLE_CT, SMALL_RANDOM_GRAPHS
 
 
 @pytest.fixture(scope="session")
@@ -19,21 +19,6 @@ def sample_ct() -> np.ndarray:
 def small_weights(tmp_path_factory):
     """fp32 stage graphs of small random networks (seeded), for pipeline tests."""
     out = tmp_path_factory.mktemp("small_weights")
-    args = [
-        "--init",
-        "random",
-        "--seed",
-        "1",
-        "--coarse-size",
-        "32",
-        "--fine-size",
-        "64",
-        "--channel-divisor",
-        "4",
-        "--precision",
-        "fp32",
-        "--out",
-        str(out),
-    ]
+    args = [*SMALL_RANDOM_GRAPHS, "--seed", "1", "--out", str(out)]
     assert export_main(args) == 0
     return out

@@ -10,6 +10,11 @@ from inference.orientation import Orientation
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"
 
+# `python -m export` arguments for seeded random fp32 graphs at those sizes.
+SMALL_RANDOM_GRAPHS = (
+    "--init random --coarse-size 32 --fine-size 64 --channel-divisor 4 --precision fp32".split()
+)
+
 # The paper's architectures at sizes a 2-core CPU runs in seconds.
 SMALL = {
     "coarse": {"input_size": 32, "channels": (2, 4, 8, 16, 32)},

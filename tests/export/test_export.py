@@ -13,7 +13,7 @@ from export.__main__ import main as export_main
 from export.check import check_weights, random_cases
 from inference.organs import LABEL_NAMES
 from inference.stage_info import StageInfo, graph_filename
-from tests.helpers import SMALL
+from tests.helpers import SMALL, SMALL_RANDOM_GRAPHS
 from training.checkpoint import (
     CheckpointError,
     StageSettings,
@@ -120,20 +120,9 @@ def test_export_is_byte_reproducible(checkpoints, weights, tmp_path):
 
 
 def test_random_init_is_seeded(tmp_path):
-    small = [
-        "--init",
-        "random",
-        "--coarse-size",
-        "32",
-        "--fine-size",
-        "64",
-        "--channel-divisor",
-        "4",
-        "--precision",
-        "fp32",
-    ]
     for seed in (3, 4):
-        assert export_main([*small, "--seed", str(seed), "--out", str(tmp_path / str(seed))]) == 0
+        out = tmp_path / str(seed)
+        assert export_main([*SMALL_RANDOM_GRAPHS, "--seed", str(seed), "--out", str(out)]) == 0
     name = graph_filename("coarse", "fp32")
     assert (tmp_path / "3" / name).read_bytes() != (tmp_path / "4" / name).read_bytes()
     meta = session(tmp_path / "3" / name).get_modelmeta().custom_metadata_map
