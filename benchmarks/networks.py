@@ -56,21 +56,14 @@ def child(runtime: str, stage: str, graph: Path, runs: int, threads: int) -> dic
 
 
 def export_networks(folder: Path) -> dict[str, Path]:
-    import torch
-
-    from export.graphs import with_exportable_norms
-    from export.onnx_file import to_onnx
+    from export.onnx_file import save_network_graph
     from training.networks import build_network, network_spec
 
     paths = {}
     for stage in STAGES:
         spec = network_spec(stage)
-        net = with_exportable_norms(build_network(spec).eval())
-        example = torch.zeros((1, 1, *(spec.input_size,) * 3))
-        paths[stage] = folder / f"{stage}_network.onnx"
-        import onnx
-
-        onnx.save_model(to_onnx(net, example, dynamic=False), paths[stage])
+        path = folder / f"{stage}_network.onnx"
+        paths[stage] = save_network_graph(build_network(spec), spec.input_size, path)
     return paths
 
 

@@ -102,13 +102,9 @@ def export_graphs(folder: Path, weights: Path | None) -> Path:
     """Stage graphs (given or random paper-size) plus network-only graphs of the same weights."""
     import shutil
 
-    import onnx
-    import torch
-
     from export.__main__ import main as export_main
     from export.check import load_stage
-    from export.graphs import with_exportable_norms
-    from export.onnx_file import to_onnx
+    from export.onnx_file import save_network_graph
 
     out = folder / "weights"
     if weights is None:
@@ -117,10 +113,8 @@ def export_graphs(folder: Path, weights: Path | None) -> Path:
         shutil.copytree(weights, out)
     for stage in ("coarse", "fine"):
         _, _, ckpt = load_stage(out / f"{stage}_fp32.onnx")
-        s = ckpt.spec.input_size
-        net = with_exportable_norms(ckpt.network().eval())
-        model = to_onnx(net, torch.zeros((1, 1, s, s, s)), dynamic=False)
-        onnx.save_model(model, out / f"{stage}_network.onnx")
+        path = out / f"{stage}_network.onnx"
+        save_network_graph(ckpt.network(), ckpt.spec.input_size, path)
     return out
 
 

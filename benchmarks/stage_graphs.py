@@ -106,12 +106,10 @@ def child(variant: str, stage: str, graph: Path, volume_path: Path, runs: int, t
 def prepare(folder: Path) -> tuple[dict[str, dict[str, Path]], Path]:
     """Paper-size random graphs of both kinds, and the test volume, written to ``folder``."""
     import numpy as np
-    import onnx
     import SimpleITK as sitk
     import torch
 
-    from export.graphs import with_exportable_norms
-    from export.onnx_file import export_stage, to_onnx
+    from export.onnx_file import export_stage, save_network_graph
     from inference.hu import as_int16_hu
     from training.checkpoint import StageCheckpoint, StageSettings
     from training.networks import build_network, network_spec
@@ -123,9 +121,7 @@ def prepare(folder: Path) -> tuple[dict[str, dict[str, Path]], Path]:
         net = build_network(spec).eval()
         ckpt = StageCheckpoint(spec, StageSettings(hu_window=WINDOW), net.state_dict())
         staged = export_stage(ckpt, "fp32", folder, "bench", "random")
-        alone = folder / f"{stage}_network.onnx"
-        example = torch.zeros((1, 1, *(spec.input_size,) * 3))
-        onnx.save_model(to_onnx(with_exportable_norms(net), example, dynamic=False), alone)
+        alone = save_network_graph(net, spec.input_size, folder / f"{stage}_network.onnx")
         graphs[stage] = {"graph": staged, "host": alone}
     ct = sitk.GetArrayFromImage(
         sitk.ReadImage(str(ROOT / "data/totalsegmentator/example_ct.nii.gz"))

@@ -1,5 +1,6 @@
 """Writing stage graphs: torch.onnx export, metadata, manifest."""
 
+import copy
 import json
 import logging
 import subprocess
@@ -127,6 +128,15 @@ def to_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic: bool) -> on
     model = program.model_proto
     _strip_trace_metadata(model.graph)
     return model
+
+
+def save_network_graph(net: torch.nn.Module, input_size: int, path: Path) -> Path:
+    """The network alone (1 x 1 x S^3 float in, logits out) as an fp32 ONNX file, exported the
+    way the stage graphs are; the benchmarks time it against torch and the stage graphs."""
+    net = with_exportable_norms(copy.deepcopy(net).eval())
+    example = torch.zeros((1, 1, input_size, input_size, input_size))
+    onnx.save_model(to_onnx(net, example, dynamic=False), path)
+    return path
 
 
 def _strip_trace_metadata(graph: onnx.GraphProto) -> None:
