@@ -4,6 +4,7 @@ Needs a Docker engine and a base image with python3 (``docker/test-base.sh`` mak
 set ``FLARE22_DOCKER_BASE`` to its tag. CI does; elsewhere the Docker test is skipped.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from benchmarks.profile import main as profile_main
 from inference.__main__ import main as infer_main
 from tests.helpers import ROOT, SAMPLE_CT
 
@@ -116,6 +118,15 @@ def test_container_runs_the_flare_command_like_the_cli(small_weights, tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(container), sitk.GetArrayFromImage(here))
     assert container.GetOrigin() == here.GetOrigin()
     assert container.GetDirection() == here.GetDirection()
+
+    # The profiler runs the same FLARE command and finds the container's processes.
+    results = tmp_path / "profile"
+    argv = ["--docker", tag, "--cases", str(SAMPLE_CT), "--results", str(results)]
+    assert profile_main([*argv, "--idle", "0.2"]) == 0
+    [row] = json.loads((results / "summary.json").read_text())["cases"]
+    assert row["status"] == "ok"
+    assert row["tree_rss_peak_mib"] > 50  # python, onnxruntime and the CT inside the container
+    assert (results / "outputs" / "example_ct.nii.gz").exists()
 
     user = docker("run", "--rm", tag, "id", "-u").stdout.strip()
     assert user != "0"

@@ -111,6 +111,16 @@ def test_predict_sh_runs_the_cli(small_weights, tmp_path):
         assert done.returncode == 2 and "coarse_fp32.onnx" in done.stderr
     else:
         assert done.returncode == 0 and (tmp_path / "out" / "x.nii.gz").exists()
+    # Options after the two folders go to python -m inference.
+    extra = ["--weights", str(small_weights), "--device", "cpu"]
+    done = subprocess.run(
+        [str(ROOT / "predict.sh"), str(inputs), str(tmp_path / "out2"), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out2" / "x.nii.gz").exists()
 
 
 def test_reoriented_test_images_hold_the_same_anatomy():
