@@ -1,0 +1,417 @@
+"""``python -m training.prepare --dataset DIR --out CACHE``: the training cache.
+
+Reads an nnU-Net v2 raw dataset (``dataset.json``, ``imagesTr/<case>_0000<ending>``,
+``labelsTr/<case><ending>`` with FLARE ids 0..13) and unlabelled images (``--unlabelled DIR``;
+by default ``DIR/imagesUnlabelled`` when it exists). Every case is brought to the canonical
+orientation inference uses, then resized with the transforms the exported graphs use: the
+whole volume to the coarse input cube, and ``--fine-crops`` jittered crops around the organs
+(unlabelled: the body) to the fine input cube. Layout: see ``training.data``.
+
+A rerun reuses the entries whose sources (sha256) and stage settings are unchanged, rebuilds
+the rest and deletes those of cases gone from the dataset. Settings count per stage: a new
+``--fine-size`` rebuilds every fine entry but keeps the coarse ones, and a stage left out of
+``--stages`` keeps its entries (unless their sources changed). A bad case prints
+``ERROR <file>: <reason>`` on stderr and is skipped; the exit code is then 1. No cases or a bad
+dataset folder: exit code 2.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from inference.hu import as_int16_hu
+from inference.io import InputError, case_name, find_inputs, hu_array, read_ct
+from inference.organs import NUM_ORGANS
+from inference.orientation import Orientation
+from inference.roi import Box, body_box, grow_box
+
+from .checkpoint import sha256_file
+from .data import FORMAT, INDEX_NAME, KINDS, STAGES
+from .transforms import resize, resize_labels
+
+SOURCE_KEYS = ("kind", "image_sha256", "labels_sha256")  # what an entry was built from
+CHECKPOINT_S = 30.0  # rewrite the index this often, so an interrupted run keeps its work
+
+
+class DatasetError(ValueError):
+    """The dataset folder as a whole is unusable (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    image: Path
+    labels: Path | None  # None: unlabelled
+    error: str = ""  # found at discovery (e.g. a duplicate name): skip with this reason
+
+    @property
+    def kind(self) -> str:
+        return "unlabelled" if self.labels is None else "labelled"
+
+
+def labelled_cases(dataset: Path) -> list[Case]:
+    """The cases of ``imagesTr``, after checking ``dataset.json``."""
+    meta_path = dataset / "dataset.json"
+    if not meta_path.is_file() or not (dataset / "imagesTr").is_dir():
+        raise DatasetError(f"{dataset}: not an nnU-Net dataset (needs dataset.json, imagesTr/)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{meta_path}: unreadable ({e})") from e
+    if len(meta.get("channel_names", {"0": "CT"})) != 1:
+        raise DatasetError(f"{meta_path}: {meta['channel_names']} has several channels, not CT")
+    bad = {k: v for k, v in meta.get("labels", {}).items() if v not in range(NUM_ORGANS + 1)}
+    if bad:
+        raise DatasetError(f"{meta_path}: labels {bad} are not FLARE ids 0..{NUM_ORGANS}")
+    ending = meta.get("file_ending", ".nii.gz")
+    suffix = f"_0000{ending}"
+    images = sorted(p for p in (dataset / "imagesTr").iterdir() if p.name.endswith(suffix))
+    cases = [
+        Case(p.name[: -len(suffix)], p, dataset / "labelsTr" / p.name.replace(suffix, ending))
+        for p in images
+    ]
+    if "numTraining" in meta and meta["numTraining"] != len(cases):
+        print(
+            f"warning: {meta_path}: numTraining {meta['numTraining']}, found {len(cases)}",
+            file=sys.stderr,
+        )
+    return cases
+
+
+def unlabelled_cases(folder: Path, taken: set[str]) -> list[Case]:
+    """Images of ``folder`` (any names); a name already taken is an error for that file."""
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: unlabelled folder does not exist")
+    cases, seen = [], set(taken)
+    for p in find_inputs(folder):
+        name = case_name(p)
+        error = f"{p}: case name {name!r} is already used by another image" if name in seen else ""
+        seen.add(name)
+        cases.append(Case(name, p, None, error))
+    return cases
+
+
+def source_sha256(path: Path) -> str:
+    """sha256 of a file; of a DICOM folder, of its files' names and contents in order."""
+    if path.is_file():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for p in sorted(q for q in path.iterdir() if q.is_file()):
+        digest.update(p.name.encode() + b"\0" + bytes.fromhex(sha256_file(p)))
+    return digest.hexdigest()
+
+
+def read_labels(path: Path, image: sitk.Image, image_path: Path) -> np.ndarray:
+    """Labels matching ``image``'s grid, as uint8 FLARE ids; ``InputError`` naming both files."""
+    if not path.is_file():
+        raise InputError(f"{path}: missing, the label file of {image_path}")
+    labels = read_ct(path)
+    checks = [
+        ("size", labels.GetSize(), image.GetSize(), 0),
+        ("spacing", labels.GetSpacing(), image.GetSpacing(), 1e-4),
+        ("origin", labels.GetOrigin(), image.GetOrigin(), 1e-3),
+        ("direction", labels.GetDirection(), image.GetDirection(), 1e-4),
+    ]
+    for what, got, want, tol in checks:
+        if not np.allclose(got, want, rtol=0, atol=tol):
+            raise InputError(f"{path}: {what} {got} does not match {what} {want} of {image_path}")
+    array = sitk.GetArrayViewFromImage(labels)
+    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+        raise InputError(f"{path}: label values are not integers")
+    if array.min() < 0 or array.max() > NUM_ORGANS:
+        bad = np.unique(array[(array < 0) | (array > NUM_ORGANS)])[:5].tolist()
+        raise InputError(f"{path}: label values {bad} are not FLARE ids 0..{NUM_ORGANS}")
+    return array.astype(np.uint8)
+
+
+def labels_box(labels: np.ndarray) -> Box | None:
+    """Bounding box of every organ voxel together, or None when there is none."""
+    out = []
+    for axis in range(3):
+        hit = np.flatnonzero(labels.any(axis=tuple(a for a in range(3) if a != axis)))
+        if hit.size == 0:
+            return None
+        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def jittered(box: Box, k: int, fine: dict, name: str, spacing: tuple, shape: tuple) -> Box:
+    """Crop ``k`` of a case: ``box`` with each face moved up to ``jitter_mm`` (crop 0: not).
+
+    Seeded by (seed, case, k) through sha256, not ``hash()``, which is salted per process.
+    """
+    if k == 0:
+        return box
+    key = f"{fine['seed']}\0{name}\0{k}".encode()
+    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+    out = []
+    for s, sp, n in zip(box, spacing, shape, strict=True):
+        lo, hi = (round(rng.uniform(-1, 1) * fine["jitter_mm"] / sp) for _ in range(2))
+        start = min(max(s.start + lo, 0), n - 1)
+        out.append(slice(start, min(max(s.stop + hi, start + 1), n)))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def fine_boxes(
+    hu: np.ndarray, labels: np.ndarray | None, fine: dict, name: str, spacing: tuple
+) -> list[Box]:
+    """The fine crops: around the organs; without any, the body; without a body, everything."""
+    box = labels_box(labels) if labels is not None else None
+    if box is None:
+        box = body_box(hu)
+    if box is None or any(s.stop - s.start < 2 for s in box):
+        box = tuple(slice(0, n) for n in hu.shape)
+    box = grow_box(box, fine["margin_mm"], spacing, hu.shape)
+    return [jittered(box, k, fine, name, spacing, hu.shape) for k in range(fine["crops"])]
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``path`` under a temporary name, then rename: never a half file under its name."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_entry(out: Path, stem: str, hu: np.ndarray, labels: np.ndarray | None, size: int) -> None:
+    """One entry: the HU resized as the graphs resize it, rounded to int16; its labels."""
+    x = torch.from_numpy(np.array(hu, dtype=np.float32))[None, None]
+    save_npy(out / f"{stem}.image.npy", as_int16_hu(resize(x, (size,) * 3)[0, 0].numpy()))
+    if labels is not None:
+        save_npy(out / f"{stem}.labels.npy", resize_labels(labels, size))
+
+
+def build(case: Case, stages: list[str], settings: dict, out: Path) -> dict:
+    """Write ``stages``' entries of ``case``; returns its index fields (entries, geometry)."""
+    image = read_ct(case.image)
+    orientation = Orientation.from_direction(image.GetDirection())
+    hu = orientation.apply(as_int16_hu(np.asarray(hu_array(image, case.image))))
+    labels = None
+    if case.labels is not None:
+        labels = orientation.apply(read_labels(case.labels, image, case.image))
+    spacing = orientation.spacing(image.GetSpacing())
+    record: dict = {
+        "source_shape": list(image.GetSize()[::-1]),
+        "shape": list(hu.shape),
+        "spacing": list(spacing),
+        "entries": {},
+        "orientation": {"axes": list(orientation.axes), "flips": list(orientation.flips)},
+    }
+    stem = f"{case.kind}/{case.name}"
+    if "coarse" in stages:
+        write_entry(out, f"coarse/{stem}", hu, labels, settings["coarse"]["size"])
+        record["entries"]["coarse"] = [f"coarse/{stem}"]
+    if "fine" in stages:
+        boxes = fine_boxes(hu, labels, settings["fine"], case.name, spacing)
+        for k, box in enumerate(boxes):
+            crop = None if labels is None else labels[box]
+            write_entry(out, f"fine/{stem}_{k}", hu[box], crop, settings["fine"]["size"])
+        record["entries"]["fine"] = [f"fine/{stem}_{k}" for k in range(len(boxes))]
+        record["fine_boxes"] = [[[s.start, s.stop] for s in b] for b in boxes]
+    return record
+
+
+def entry_files(out: Path, record: dict, stage: str) -> list[Path]:
+    parts = ("image", "labels") if record["kind"] == "labelled" else ("image",)
+    return [out / f"{s}.{p}.npy" for s in record["entries"][stage] for p in parts]
+
+
+def sources(case: Case, dataset: Path) -> dict:
+    """Where the case comes from and the sha256 of each source (the key of reuse)."""
+    fields = {"kind": case.kind}
+    for key, path in (("image", case.image), ("labels", case.labels)):
+        if path is not None:
+            shown = path.relative_to(dataset) if path.is_relative_to(dataset) else path
+            fields |= {key: str(shown), f"{key}_sha256": source_sha256(path)}
+    return fields
+
+
+def reusable(old: dict, settings: dict, out: Path) -> dict:
+    """The stages of the old ``index`` whose settings still hold, their files all there."""
+    if old.get("format") != FORMAT:
+        return {}
+    keep = [s for s in STAGES if s in settings and old["stages"].get(s) == settings[s]]
+    cases = {}
+    for name, record in old["cases"].items():
+        entries = {s: e for s, e in record["entries"].items() if s in keep}
+        record = {**record, "entries": entries}
+        if "fine" not in entries:
+            record.pop("fine_boxes", None)
+        if all(f.is_file() for s in entries for f in entry_files(out, record, s)):
+            cases[name] = record
+    return cases
+
+
+def write_index(out: Path, settings: dict, cases: dict) -> None:
+    used = {s for r in cases.values() for s in r["entries"]}
+    index = {
+        "format": FORMAT,
+        "stages": {s: settings[s] for s in STAGES if s in used},
+        "cases": dict(sorted(cases.items())),
+    }
+    tmp = out / f".{INDEX_NAME}.partial-{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1))
+    os.replace(tmp, out / INDEX_NAME)
+
+
+def remove_stale(out: Path, cases: dict) -> int:
+    """Delete files no index entry names (gone cases, old crops, partial files); their count."""
+    keep = {f for r in cases.values() for s in r["entries"] for f in entry_files(out, r, s)}
+    removed = 0
+    for folder in (out / s / k for s in STAGES for k in KINDS):
+        for f in folder.iterdir() if folder.is_dir() else ():
+            if (f.name.endswith(".npy") or ".partial-" in f.name) and f not in keep:
+                f.unlink()
+                removed += f.name.endswith(".image.npy")
+    return removed
+
+
+def prepare_case(
+    case: Case, prior: dict | None, dataset: Path, out: Path, stages: list[str], settings: dict
+) -> tuple[dict, list[str]]:
+    """The case's index record, after building the stages ``prior`` cannot supply; those."""
+    record = sources(case, dataset)
+    if prior is None or any(prior.get(k) != record.get(k) for k in SOURCE_KEYS):
+        prior = {"entries": {}}
+    todo = [s for s in stages if s not in prior["entries"]]
+    if not todo:
+        return prior | record, todo
+    fresh = build(case, todo, settings, out)
+    fresh["entries"] = prior["entries"] | fresh["entries"]
+    return prior | record | fresh, todo
+
+
+def load_old(out: Path) -> dict:
+    try:
+        return json.loads((out / INDEX_NAME).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        print(f"warning: {out / INDEX_NAME}: unreadable ({e}), rebuilding all", file=sys.stderr)
+        return {}
+
+
+def prepare(
+    cases: list[Case], dataset: Path, out: Path, stages: list[str], settings: dict
+) -> tuple[int, int, int, int]:
+    """Build or reuse every case's entries; returns (reused, built, failed, removed)."""
+    old = load_old(out)
+    # A stage not asked for keeps its old settings, so its entries stay reusable.
+    settings = {s: settings[s] if s in stages else old.get("stages", {}).get(s) for s in STAGES}
+    settings = {s: v for s, v in settings.items() if v is not None}
+    for s in STAGES:
+        for k in KINDS:
+            (out / s / k).mkdir(parents=True, exist_ok=True)
+    try:
+        current = reusable(old, settings, out)
+    except (KeyError, TypeError, AttributeError) as e:
+        print(f"warning: {out / INDEX_NAME}: malformed ({e!r}), rebuilding all", file=sys.stderr)
+        current = {}
+    reused = built = failed = 0
+    last_write = time.monotonic()
+    for n, case in enumerate(cases, 1):
+        start = time.perf_counter()
+        if case.error:  # before the pop: its name may belong to a good case
+            print(f"ERROR {case.error}", file=sys.stderr)
+            failed += 1
+            continue
+        prior = current.pop(case.name, None)
+        try:
+            record, todo = prepare_case(case, prior, dataset, out, stages, settings)
+        except InputError as e:  # its message starts with the file
+            print(f"ERROR {e}", file=sys.stderr)
+            failed += 1
+            continue
+        except OSError as e:  # e.g. a source vanished, or the cache's disk is full
+            print(f"ERROR {case.image}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        current[case.name] = record
+        reused += not todo
+        built += bool(todo)
+        what = f"built {'+'.join(todo)}" if todo else "reused"
+        print(
+            f"[{n}/{len(cases)}] {case.name}: {what} ({time.perf_counter() - start:.1f} s)",
+            file=sys.stderr,
+        )
+        if time.monotonic() - last_write > CHECKPOINT_S:
+            write_index(out, settings, current)
+            last_write = time.monotonic()
+    names = {c.name for c in cases}
+    current = {k: v for k, v in current.items() if k in names}
+    write_index(out, settings, current)
+    return reused, built, failed, remove_stale(out, current)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m training.prepare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", type=Path, required=True, help="nnU-Net v2 raw dataset folder")
+    p.add_argument("--out", type=Path, required=True, help="cache folder (created)")
+    p.add_argument("--unlabelled", type=Path, help="unlabelled images [DATASET/imagesUnlabelled]")
+    p.add_argument("--no-unlabelled", action="store_true", help="prepare labelled cases only")
+    p.add_argument("--coarse-size", type=int, default=160, help="coarse input cube side")
+    p.add_argument("--fine-size", type=int, default=192, help="fine input cube side")
+    p.add_argument("--margin-mm", type=float, default=20.0, help="fine crop margin")
+    p.add_argument("--jitter-mm", type=float, default=15.0, help="max move of a crop face")
+    p.add_argument("--fine-crops", type=int, default=4, help="fine crops per case")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops' jitter")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    args = p.parse_args(argv)
+    if min(args.coarse_size, args.fine_size, args.fine_crops) < 1 or args.jitter_mm < 0:
+        p.error("sizes and --fine-crops must be positive, --jitter-mm not negative")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = {
+        "coarse": {"size": args.coarse_size},
+        "fine": {
+            "size": args.fine_size,
+            "margin_mm": args.margin_mm,
+            "jitter_mm": args.jitter_mm,
+            "crops": args.fine_crops,
+            "seed": args.seed,
+        },
+    }
+    unlabelled = args.unlabelled or args.dataset / "imagesUnlabelled"
+    try:
+        cases = labelled_cases(args.dataset)
+        if not args.no_unlabelled and (args.unlabelled or unlabelled.is_dir()):
+            cases += unlabelled_cases(unlabelled, {c.name for c in cases})
+    except (DatasetError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not cases:
+        print(f"error: {args.dataset}: no cases (imagesTr/*_0000*, unlabelled)", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stages = [s for s in STAGES if s in args.stages]
+    reused, built, failed, removed = prepare(cases, args.dataset, args.out, stages, settings)
+    print(
+        f"{args.out}: {built} cases built, {reused} reused, {failed} failed, {removed} stale "
+        f"entries removed ({time.perf_counter() - start:.0f} s)",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
