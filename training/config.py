@@ -1,0 +1,134 @@
+"""Every setting of a training run, in one frozen dataclass.
+
+Filled from a TOML file (``--config``) and then ``--kebab-case`` flags, written as
+``config.json`` beside the run's outputs and embedded in every checkpoint, so a checkpoint
+says how it was made and a resumed run can check it continues the same one.
+Batch sizes are per process: under ``torchrun`` with N processes the batch is N times larger.
+"""
+
+import argparse
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: str = "coarse"  # "coarse" or "fine"
+    cache: str = "build/cache"  # python -m training.prepare --out
+    out: str = "build/train"  # checkpoints, logs and config.json go to OUT/STAGE
+    # Network size: 0 and () mean the paper's (training.networks.PAPER_SPECS).
+    input_size: int = 0
+    channels: tuple[int, ...] = ()
+    disc_channels: tuple[int, ...] = ()
+    # Optimisation (paper, Tables 2-3): Adam with beta2 0.99, lr 1e-3 halved at epoch 200.
+    epochs: int = 300
+    iters_per_epoch: int = 0  # 0: one pass over this process's share of the labelled set
+    batch_labelled: int = 4
+    batch_unlabelled: int = 2
+    lr: float = 1e-3
+    lr_halve_epoch: int = 200
+    betas: tuple[float, float] = (0.9, 0.99)
+    disc_lr: float = 1e-4
+    amp: bool = True  # mixed precision, on a GPU only
+    # Augmentation of HU volumes before the window (random shift, contrast and brightness,
+    # per-organ HU offset on labelled images, Gaussian noise).
+    shift_fraction: float = 0.1  # up to this fraction of the side, per axis
+    contrast: float = 0.1  # HU scaled by a factor in [1 - c, 1 + c]
+    brightness_hu: float = 30.0  # then shifted by up to this many HU
+    organ_offset_hu: float = 200.0  # each organ shifted by U[-o, o) HU ...
+    organ_offset_prob: float = 0.5  # ... in this share of labelled samples
+    noise_hu: float = 20.0  # Gaussian noise of this std in HU ...
+    noise_prob: float = 0.5  # ... in this share of samples
+    hu_window: tuple[float, float] = (-325.0, 325.0)
+    # Adversarial semi-supervised learning (REFERENCE §7).
+    adversarial: bool = True  # needs unlabelled images in the cache
+    warmup_iters: int = 50  # supervised only, at the start ...
+    cooldown_iters: int = 50  # ... and at the end
+    unlabelled_noise_std: float = 0.2  # the noised copy: + N(0, std) on the normalised image
+    poison_std: float = 0.1  # mask poisoning: + N(0, std) on the one-hot ground truth
+    pseudo_weight: float = 1.0  # unlabelled loss = this x confidence x Dice to the pseudo label
+    # Validation and checkpoints.
+    val_fraction: float = 0.2  # of the labelled cases (all crops of a case on one side)
+    val_cases: tuple[str, ...] = ()  # explicit validation cases instead of a fraction
+    val_every: int = 10  # epochs
+    seed: int = 0
+    log_every: int = 10  # iterations between progress lines
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.stage
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Fields a resumed run may change: how long it runs and how it reports.
+RESUMABLE_CHANGES = frozenset({"epochs", "val_every", "log_every", "cache", "out"})
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return typing.get_type_hints(TrainConfig)[f.name]
+
+
+def _coerce(value: object, kind: type) -> object:
+    """A TOML or JSON value as the field's type (lists become tuples)."""
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        args = typing.get_args(kind)
+        item = args[0]
+        return tuple(item(v) for v in value)  # type: ignore[union-attr]
+    if kind is bool and isinstance(value, str):
+        return value.lower() in ("1", "true", "yes")
+    return kind(value)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """A config from a mapping of field names (unknown names are an error naming them)."""
+    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+    return TrainConfig(**{k: _coerce(v, _field_type(known[k])) for k, v in values.items()})
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One ``--kebab-case`` flag per field; tuples take several values."""
+    for f in dataclasses.fields(TrainConfig):
+        kind = _field_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(kind) is tuple:
+            p.add_argument(flag, nargs="*", type=typing.get_args(kind)[0], default=None)
+        else:
+            p.add_argument(flag, type=kind, default=None)
+
+
+def from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``--config`` file's values, overridden by the flags given."""
+    values: dict = {}
+    if getattr(args, "config", None):
+        with open(args.config, "rb") as f:
+            values.update(tomllib.load(f))
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return from_dict(values)
+
+
+def differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """Names of the fields whose values differ and that a resumed run may not change."""
+    da, db = a.to_dict(), b.to_dict()
+    return sorted(k for k in da if da[k] != db[k] and k not in RESUMABLE_CHANGES)
+
+
+def write_json(config: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(config.to_dict(), indent=1) + "\n")
+
+
+__all__ = ["TrainConfig", "add_arguments", "differences", "from_args", "from_dict", "write_json"]

@@ -1,0 +1,115 @@
+"""The three steps of one adversarial semi-supervised iteration (REFERENCE §7, paper §2.2).
+
+1. ``discriminator_step``: the generator's prediction and the (poisoned) ground truth of a
+   labelled image, in random order; the discriminator learns which one is the ground truth.
+2. ``supervised_step``: the generator learns from labelled images (soft Dice).
+3. ``unlabelled_step``: an unlabelled image and its Gaussian-noised copy give two predictions;
+   the discriminator picks the better; that one, binarised, is the pseudo label of both,
+   weighted by the discriminator's confidence.
+Each step updates one network only. The discriminator sees probabilities, never logits.
+"""
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .losses import discriminator_loss, soft_dice_loss
+
+
+@dataclass
+class Trainer:
+    """The networks, their optimisers and gradient scalers, as the steps need them."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    disc: nn.Module | None = None
+    disc_optimizer: torch.optim.Optimizer | None = None
+    disc_scaler: torch.amp.GradScaler | None = None
+    amp: bool = False  # fp16 autocast (CUDA only)
+
+    def autocast(self):
+        device = next(self.net.parameters()).device.type
+        if not self.amp:
+            return nullcontext()
+        return torch.autocast(device, dtype=torch.float16)
+
+
+def _update(loss: torch.Tensor, optimizer, scaler) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def probabilities(t: Trainer, x: torch.Tensor) -> torch.Tensor:
+    """Sigmoid of the generator's logits, in fp32."""
+    with t.autocast():
+        return torch.sigmoid(t.net(x).float())
+
+
+def supervised_step(t: Trainer, x: torch.Tensor, target: torch.Tensor) -> float:
+    """One generator update on a labelled batch; returns the Dice loss."""
+    t.net.train()
+    loss = soft_dice_loss(probabilities(t, x), target).mean()
+    _update(loss, t.optimizer, t.scaler)
+    return loss.item()
+
+
+def poison(target: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:
+    """Mask poisoning: noise on the one-hot ground truth, so exact 0/1 values give nothing away."""
+    noise = torch.randn(target.shape, generator=g, device=target.device)
+    return (target + std * noise).clamp(0.0, 1.0)
+
+
+def discriminator_step(
+    t: Trainer, x: torch.Tensor, target: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+) -> tuple[float, float]:
+    """One discriminator update; returns (loss, share of samples it judged right)."""
+    assert t.disc is not None and t.disc_optimizer is not None and t.disc_scaler is not None
+    t.net.eval()  # the prediction as the generator makes it, no dropout
+    with torch.no_grad():
+        pred = probabilities(t, x)
+    truth = poison(target, cfg.poison_std, g)
+    # better[i] = which candidate slot holds the ground truth for sample i.
+    better = torch.randint(0, 2, (x.shape[0],), generator=g, device=x.device)
+    slot1 = better.view(-1, 1, 1, 1, 1).bool()
+    cand0, cand1 = torch.where(slot1, pred, truth), torch.where(slot1, truth, pred)
+    t.disc.train()
+    with t.autocast():
+        logits = t.disc(x, cand0, cand1)
+    loss = discriminator_loss(logits, better)
+    _update(loss, t.disc_optimizer, t.disc_scaler)
+    right = (logits.argmax(dim=1) == better).float().mean()
+    return loss.item(), right.item()
+
+
+def judge(t: Trainer, images: list[torch.Tensor], cand0, cand1) -> torch.Tensor:
+    """N x 2 probabilities that each candidate is the better, averaged over the images given."""
+    assert t.disc is not None
+    t.disc.eval()
+    with torch.no_grad(), t.autocast():
+        votes = [torch.softmax(t.disc(img, cand0, cand1).float(), dim=1) for img in images]
+    return torch.stack(votes).mean(dim=0)
+
+
+def unlabelled_step(
+    t: Trainer, u: torch.Tensor, cfg: TrainConfig, g: torch.Generator
+) -> tuple[float, float]:
+    """One generator update on an unlabelled batch; returns (loss, mean confidence)."""
+    noised = u + cfg.unlabelled_noise_std * torch.randn(u.shape, generator=g, device=u.device)
+    t.net.train()
+    # One forward over both (instance norm keeps samples apart): one forward per backward.
+    pred_u, pred_n = probabilities(t, torch.cat([u, noised])).chunk(2)
+    # The discriminator sees each image with both candidates ("separately", paper §2.2).
+    votes = judge(t, [u, noised], pred_u.detach(), pred_n.detach())
+    confidence, winner = votes.max(dim=1)
+    best = torch.where(winner.view(-1, 1, 1, 1, 1).bool(), pred_n, pred_u).detach()
+    pseudo = (best >= 0.5).float()
+    per_sample = (soft_dice_loss(pred_u, pseudo) + soft_dice_loss(pred_n, pseudo)) / 2
+    loss = cfg.pseudo_weight * (confidence * per_sample).mean()
+    _update(loss, t.optimizer, t.scaler)
+    return loss.item(), confidence.mean().item()
