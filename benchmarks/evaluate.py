@@ -35,7 +35,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
+    sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks.surface_dice import Spacing, dice, normalized_surface_dice  # noqa: E402
 from inference.io import InputError, case_name, check_gzip_complete, find_inputs  # noqa: E402

@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
+    sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks._child import median, peak_rss_mib, run_child, time_runs  # noqa: E402
 

@@ -22,7 +22,8 @@ import numpy as np
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
+    sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks._child import median, time_runs  # noqa: E402
 from benchmarks.evaluate import GT_SLICES_ONLY, label_boxes, score_case, score_organ  # noqa: E402

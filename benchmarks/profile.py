@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
+    sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks.efficiency import GPU_TOLERANCE_MIB, Series, summarize  # noqa: E402
 from benchmarks.sampler import Sampler, open_gpu  # noqa: E402

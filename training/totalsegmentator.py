@@ -1,0 +1,145 @@
+"""``python -m training.totalsegmentator --out DIR``: the real CTs we can reach, as a dataset.
+
+The only real abdominal CTs with organ labels reachable from our machines are the test fixtures
+of TotalSegmentator (Apache-2.0) in its source distribution on PyPI (REFERENCE §8). Their
+labels are that tool's model predictions, not manual annotations. This writes them as an
+nnU-Net-style dataset in FLARE22 label ids for ``python -m training.prepare``:
+
+- ``imagesTr/patientA_0000.nii.gz`` + ``labelsTr/patientA.nii.gz``: the bundled CT (femurs to
+  lung bases, 3 mm, native phase), the training patient;
+- ``imagesUnlabelled/chest_cta.nii.gz``: a 1.5 mm chest CTA reaching the upper abdomen, no labels;
+- ``imagesTs/patientB/`` (20 DICOM slices, 0.98 x 0.98 x 2 mm, contrast, upper abdomen) +
+  ``labelsTs/patientB.nii.gz`` on the DICOM grid: the held-out patient, never trained on.
+
+The sdist (38 MB) is fetched once with pip, checked against its pinned sha256, and kept in
+``--downloads``.
+"""
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from inference.organs import LABEL_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = ROOT / "data" / "totalsegmentator"
+SDIST = "totalsegmentator-2.18.0.tar.gz"
+SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
+FIXTURES = "totalsegmentator-2.18.0/tests/reference_files/"
+
+# TotalSegmentator v2 class id -> FLARE22 id (REFERENCE §8); every other class is background.
+TS_TO_FLARE = {5: 1, 2: 2, 1: 3, 7: 4, 52: 5, 63: 6, 8: 7, 9: 8, 4: 9, 15: 10, 6: 11, 19: 12, 3: 13}
+
+
+def to_flare(labels: sitk.Image) -> sitk.Image:
+    """A TotalSegmentator v2 label map in FLARE22 ids, same geometry."""
+    lut = np.zeros(256, np.uint8)
+    for ts, flare in TS_TO_FLARE.items():
+        lut[ts] = flare
+    out = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(labels)])
+    out.CopyInformation(labels)
+    return out
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_sdist(downloads: Path) -> Path:
+    """The pinned sdist, downloaded with pip unless already there; sha256-checked."""
+    path = downloads / SDIST
+    if not path.exists():
+        downloads.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "totalsegmentator==2.18.0",
+            "-d",
+            str(downloads),
+        ]
+        subprocess.run(cmd, check=True, capture_output=True)
+    if sha256(path) != SDIST_SHA256:
+        raise ValueError(f"{path}: sha256 {sha256(path)} is not the pinned {SDIST_SHA256}")
+    return path
+
+
+def extract(sdist: Path, into: Path) -> Path:
+    """The sdist's reference_files folder, extracted under ``into``."""
+    with tarfile.open(sdist) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(FIXTURES)]
+        tar.extractall(into, members=members, filter="data")
+    return into / FIXTURES
+
+
+def write_dataset(out: Path, fixtures: Path) -> None:
+    for sub in ("imagesTr", "labelsTr", "imagesUnlabelled", "imagesTs", "labelsTs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(BUNDLED / "example_ct.nii.gz", out / "imagesTr" / "patientA_0000.nii.gz")
+    patient_a = to_flare(sitk.ReadImage(str(BUNDLED / "example_seg.nii.gz")))
+    sitk.WriteImage(patient_a, str(out / "labelsTr" / "patientA.nii.gz"), useCompression=True)
+    shutil.copy(
+        fixtures / "aorta_report" / "example_ct.nii.gz",
+        out / "imagesUnlabelled" / "chest_cta.nii.gz",
+    )
+
+    dicom = out / "imagesTs" / "patientB"
+    shutil.copytree(fixtures / "example_ct_dicom", dicom, dirs_exist_ok=True)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom)))
+    grid = reader.Execute()
+    # The labels are stored with y flipped: resample (nearest) onto the DICOM grid.
+    labels = to_flare(sitk.ReadImage(str(fixtures / "example_seg_dicom.nii.gz")))
+    on_grid = sitk.Resample(
+        labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
+    sitk.WriteImage(on_grid, str(out / "labelsTs" / "patientB.nii.gz"), useCompression=True)
+
+    meta = {
+        "name": "TotalSegmentator test fixtures in FLARE22 ids",
+        "channel_names": {"0": "CT"},
+        "labels": {name: label for label, name in LABEL_NAMES.items()},
+        "numTraining": 1,
+        "file_ending": ".nii.gz",
+        "source": f"{SDIST} (sha256 {SDIST_SHA256}), tests/reference_files; Apache-2.0",
+    }
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m training.totalsegmentator",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--downloads", type=Path, default=ROOT / "build" / "downloads")
+    args = p.parse_args(argv)
+    try:
+        fixtures = extract(fetch_sdist(args.downloads), args.downloads / "extracted")
+        write_dataset(args.out, fixtures)
+    except (OSError, ValueError, subprocess.CalledProcessError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
