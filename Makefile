@@ -19,6 +19,7 @@ demo: $(VENV)/installed
 	mkdir -p $(DEMO)/inputs && cp data/totalsegmentator/example_ct.nii.gz $(DEMO)/inputs/sample_0000.nii.gz
 	$(PY) -m inference -i $(DEMO)/inputs -o $(DEMO)/outputs --weights build/weights --timings $(DEMO)/timings.jsonl -v
 	cat $(DEMO)/timings.jsonl
+	$(PY) -m inference.report $(DEMO)/outputs/sample.nii.gz --ct $(DEMO)/inputs/sample_0000.nii.gz --png $(DEMO)/sample.png
 
 test: $(VENV)/installed lint
 	$(PY) -m pytest
