@@ -57,21 +57,45 @@ def labels_box(labels: np.ndarray) -> Box | None:
     return tuple(out)  # type: ignore[return-value]
 
 
-def jittered(box: Box, k: int, fine: dict, name: str, spacing: tuple, shape: tuple) -> Box:
-    """Crop ``k`` of a case: ``box`` with each face moved up to ``jitter_mm`` (crop 0: not).
+def crop_rng(seed: int, name: str, k: int, what: str = "") -> np.random.Generator:
+    """Randomness of crop ``k`` of a case, from (seed, case, k) through sha256, not ``hash()``,
+    which is salted per process."""
+    key = f"{seed}\0{name}\0{k}{what}".encode()
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
-    Seeded by (seed, case, k) through sha256, not ``hash()``, which is salted per process.
-    """
+
+def jittered(box: Box, k: int, fine: dict, name: str, spacing: tuple, shape: tuple) -> Box:
+    """Crop ``k`` of a case: ``box`` with each face moved up to ``jitter_mm`` (crop 0: not)."""
     if k == 0:
         return box
-    key = f"{fine['seed']}\0{name}\0{k}".encode()
-    rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+    rng = crop_rng(fine["seed"], name, k)
     out = []
     for s, sp, n in zip(box, spacing, shape, strict=True):
         lo, hi = (round(rng.uniform(-1, 1) * fine["jitter_mm"] / sp) for _ in range(2))
         start = min(max(s.start + lo, 0), n - 1)
         out.append(slice(start, min(max(s.stop + hi, start + 1), n)))
     return tuple(out)  # type: ignore[return-value]
+
+
+def fov_boxes(shape: tuple, spacing: tuple, coarse: dict, name: str) -> list[Box]:
+    """The coarse crops: the whole volume, then (k >= 1) random fields of view.
+
+    A field of view keeps a slab of the slices at least ``min_fov_mm`` deep (a scan may cover
+    only the upper abdomen) and cuts up to ``fov_side_fraction`` off each in-plane side (a
+    smaller reconstruction circle): the coarse network then meets such scans in training.
+    """
+    boxes = [tuple(slice(0, n) for n in shape)]
+    for k in range(1, coarse["crops"]):
+        rng = crop_rng(coarse["seed"], name, k, "fov")
+        depth = min(shape[0], max(2, round(coarse["min_fov_mm"] / spacing[0])))
+        depth = int(rng.integers(depth, shape[0] + 1))
+        start = int(rng.integers(0, shape[0] - depth + 1))
+        box = [slice(start, start + depth)]
+        for n in shape[1:]:
+            lo, hi = (int(rng.uniform(0, coarse["fov_side_fraction"]) * n) for _ in range(2))
+            box.append(slice(lo, max(lo + 2, n - hi)))
+        boxes.append(tuple(box))
+    return boxes  # type: ignore[return-value]
 
 
 def fine_boxes(
@@ -124,8 +148,13 @@ def build(case: Case, stages: list[str], settings: dict, out: Path) -> dict:
     }
     stem = f"{case.kind}/{case.name}"
     if "coarse" in stages:
-        write_entry(out, f"coarse/{stem}", hu, labels, settings["coarse"]["size"])
-        record["entries"]["coarse"] = [f"coarse/{stem}"]
+        boxes = fov_boxes(hu.shape, spacing, settings["coarse"], case.name)
+        names = [f"coarse/{stem}"] + [f"coarse/{stem}_fov{k}" for k in range(1, len(boxes))]
+        for entry, box in zip(names, boxes, strict=True):
+            crop = None if labels is None else labels[box]
+            write_entry(out, entry, hu[box], crop, settings["coarse"]["size"])
+        record["entries"]["coarse"] = names
+        record["coarse_boxes"] = [[[s.start, s.stop] for s in b] for b in boxes]
     if "fine" in stages:
         boxes = fine_boxes(hu, labels, settings["fine"], case.name, spacing)
         for k, box in enumerate(boxes):
@@ -160,8 +189,9 @@ def reusable(old: dict, settings: dict, out: Path) -> dict:
     for name, record in old["cases"].items():
         entries = {s: e for s, e in record["entries"].items() if s in keep}
         record = {**record, "entries": entries}
-        if "fine" not in entries:
-            record.pop("fine_boxes", None)
+        for stage in STAGES:
+            if stage not in entries:
+                record.pop(f"{stage}_boxes", None)
         if all(f.is_file() for s in entries for f in entry_files(out, record, s)):
             cases[name] = record
     return cases
@@ -279,22 +309,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unlabelled", type=Path, help="unlabelled images [DATASET/imagesUnlabelled]")
     p.add_argument("--no-unlabelled", action="store_true", help="prepare labelled cases only")
     p.add_argument("--coarse-size", type=int, default=160, help="coarse input cube side")
+    p.add_argument("--coarse-crops", type=int, default=1, help="whole volume + random FOVs")
+    p.add_argument("--min-fov-mm", type=float, default=40.0, help="shallowest FOV slab")
+    p.add_argument("--fov-side-fraction", type=float, default=0.15, help="max in-plane cut")
     p.add_argument("--fine-size", type=int, default=192, help="fine input cube side")
     p.add_argument("--margin-mm", type=float, default=20.0, help="fine crop margin")
     p.add_argument("--jitter-mm", type=float, default=15.0, help="max move of a crop face")
     p.add_argument("--fine-crops", type=int, default=4, help="fine crops per case")
-    p.add_argument("--seed", type=int, default=0, help="seed of the crops' jitter")
+    p.add_argument("--seed", type=int, default=0, help="seed of the crops' randomness")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     args = p.parse_args(argv)
-    if min(args.coarse_size, args.fine_size, args.fine_crops) < 1 or args.jitter_mm < 0:
-        p.error("sizes and --fine-crops must be positive, --jitter-mm not negative")
+    if min(args.coarse_size, args.fine_size, args.fine_crops, args.coarse_crops) < 1:
+        p.error("sizes, --coarse-crops and --fine-crops must be positive")
+    if args.jitter_mm < 0 or not 0 <= args.fov_side_fraction < 0.5:
+        p.error("--jitter-mm must not be negative, --fov-side-fraction in [0, 0.5)")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = {
-        "coarse": {"size": args.coarse_size},
+        "coarse": {
+            "size": args.coarse_size,
+            "crops": args.coarse_crops,
+            "min_fov_mm": args.min_fov_mm,
+            "fov_side_fraction": args.fov_side_fraction,
+            "seed": args.seed,
+        },
         "fine": {
             "size": args.fine_size,
             "margin_mm": args.margin_mm,

@@ -56,8 +56,12 @@ def make_dataset(root: Path) -> Path:
     dataset = root / "Dataset001_Tiny"
     for sub in ("imagesTr", "labelsTr", "imagesUnlabelled"):
         (dataset / sub).mkdir(parents=True)
-    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1},
-            "numTraining": 3, "file_ending": ".nii.gz"}  # fmt: skip
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "liver": 1},
+        "numTraining": 3,
+        "file_ending": ".nii.gz",
+    }
     (dataset / "dataset.json").write_text(json.dumps(meta))
     organs = {
         1: ((18, 20, 14), (8, 10, 9)),
@@ -131,7 +135,13 @@ def test_resize_labels_halves_a_cube_and_keeps_a_thin_plate():
 def test_files_shapes_and_index(cache, dataset):
     index = load_index(cache)
     assert index["stages"] == {
-        "coarse": {"size": 32},
+        "coarse": {
+            "size": 32,
+            "crops": 1,
+            "min_fov_mm": 40.0,
+            "fov_side_fraction": 0.15,
+            "seed": 0,
+        },
         "fine": {"size": 48, "margin_mm": 20.0, "jitter_mm": 15.0, "crops": 2, "seed": 0},
     }
     assert sorted(index["cases"]) == ["case_a", "case_b", "case_c", "u1"]
@@ -160,8 +170,12 @@ def test_canonical_orientation_like_inference(cache, dataset):
     assert index["case_b"]["source_shape"] != index["case_a"]["source_shape"]
     assert index["case_b"]["shape"] == index["case_a"]["shape"] == list(SHAPE)
     assert index["case_b"]["fine_boxes"][0] == index["case_a"]["fine_boxes"][0]
-    for stem in ["coarse/labelled/{}.image", "coarse/labelled/{}.labels",
-                 "fine/labelled/{}_0.image", "fine/labelled/{}_0.labels"]:  # fmt: skip
+    for stem in [
+        "coarse/labelled/{}.image",
+        "coarse/labelled/{}.labels",
+        "fine/labelled/{}_0.image",
+        "fine/labelled/{}_0.labels",
+    ]:
         assert np.array_equal(
             load(cache, stem.format("case_a")), load(cache, stem.format("case_b"))
         )
@@ -268,3 +282,28 @@ def test_check_cache_names_the_mismatch(cache, tmp_path, dataset):
     assert run(dataset, tmp_path / "c", "--stages", "coarse", "--no-unlabelled") == 0
     with pytest.raises(CacheError, match="no fine entries"):
         check_cache(tmp_path / "c", "fine", 48)
+
+
+def test_coarse_fields_of_view_are_random_slabs_of_the_volume(dataset, tmp_path):
+    out = tmp_path / "cache"
+    fov = ["--coarse-crops", "3", "--min-fov-mm", "30", "--fov-side-fraction", "0.2"]
+    assert run(dataset, out, *fov, "--stages", "coarse") == 0
+    record = load_index(out)["cases"]["case_a"]
+    assert record["entries"]["coarse"] == [
+        "coarse/labelled/case_a",
+        "coarse/labelled/case_a_fov1",
+        "coarse/labelled/case_a_fov2",
+    ]
+    whole, *fovs = record["coarse_boxes"]
+    assert whole == [[0, n] for n in record["shape"]]
+    for box in fovs:
+        depth_mm = (box[0][1] - box[0][0]) * record["spacing"][0]
+        assert 30 <= depth_mm and box != whole
+        for (lo, hi), n in zip(box[1:], record["shape"][1:], strict=True):
+            assert 0 <= lo and hi <= n and lo <= 0.2 * n and n - hi <= 0.2 * n + 1
+    assert load(out, "coarse/labelled/case_a_fov1.image").shape == (32, 32, 32)
+    coarse = CacheSet(out, "coarse")
+    assert len(coarse) == 9 and coarse.cases.count("case_b") == 3
+    before = snapshot(out)
+    assert run(dataset, out, *fov, "--stages", "coarse") == 0
+    assert snapshot(out) == before  # reused, and the same crops if rebuilt
