@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench weights clean
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ lint: $(VENV)/installed
 bench: $(VENV)/installed
 	$(PY) benchmarks/networks.py
 	$(PY) benchmarks/stage_graphs.py
+
+# Weights from the real CTs we can reach (python -m training.totalsegmentator): hours of CPU.
+# Every step resumes, so running it again goes on where the last run stopped.
+TS := build/ts_dataset
+weights: $(VENV)/installed
+	$(PY) -m training.totalsegmentator --out $(TS)
+	$(PY) -m training.prepare --dataset $(TS) --out build/ts_cache --coarse-crops 12 --fine-crops 12
+	$(PY) -m training --config training/configs/totalsegmentator_coarse.toml --resume
+	$(PY) -m training --config training/configs/totalsegmentator_fine.toml --resume
+	$(PY) -m export --checkpoint build/ts_train/coarse/last.pt build/ts_train/fine/last.pt --out weights
 
 clean:
 	rm -rf $(VENV) build results

@@ -165,11 +165,13 @@ def test_two_processes_under_torchrun_on_gloo(cache, tmp_path):
     assert len(log_rows(tmp_path / "fine")) == 2 * 3
 
 
-@pytest.mark.parametrize("name", ["flare22_coarse", "flare22_fine"])
+@pytest.mark.parametrize(
+    "name", ["flare22_coarse", "flare22_fine", "totalsegmentator_coarse", "totalsegmentator_fine"]
+)
 def test_shipped_configs_parse(name):
     import argparse
 
     from training.config import from_args
 
     cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
-    assert cfg.stage == name.split("_")[1] and cfg.epochs in (300, 500)
+    assert cfg.stage == name.split("_")[1] and cfg.epochs in (30, 300, 500)
