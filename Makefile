@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench weights clean
+.PHONY: demo test lint bench weights weights-report clean
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ weights: $(VENV)/installed
 	$(PY) -m training --config training/configs/totalsegmentator_coarse.toml --resume
 	$(PY) -m training --config training/configs/totalsegmentator_fine.toml --resume
 	$(PY) -m export --checkpoint build/ts_train/coarse/last.pt build/ts_train/fine/last.pt --out weights
+
+# DSC and NSD of WEIGHTS on the training patient and on the held-out one (a DICOM series).
+WEIGHTS ?= weights
+weights-report: $(VENV)/installed
+	$(PY) -m inference -i $(TS)/imagesTr -o build/ts_eval/pred --weights $(WEIGHTS)
+	$(PY) -m inference -i $(TS)/imagesTs -o build/ts_eval/pred --weights $(WEIGHTS)
+	$(PY) benchmarks/evaluate.py --pred build/ts_eval/pred --gt $(TS)/labelsTr --out build/ts_eval/training
+	$(PY) benchmarks/evaluate.py --pred build/ts_eval/pred --gt $(TS)/labelsTs --out build/ts_eval/held_out
 
 clean:
 	rm -rf $(VENV) build results

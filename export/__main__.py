@@ -6,6 +6,7 @@ python -m export --check weights/ [--image ct.nii.gz]
 """
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -55,6 +56,22 @@ def random_checkpoints(
     return ckpts
 
 
+def provenance(training: dict) -> dict:
+    """A checkpoint's training record, with the sha256 of the data it was trained on (from
+    its cache's index, when that cache is still where training read it)."""
+    record = dict(training)
+    index = Path(training.get("config", {}).get("cache", "")) / "index.json"
+    if index.is_file():
+        cases = json.loads(index.read_text()).get("cases", {})
+        record["data"] = {
+            name: {k: v for k, v in case.items() if k.endswith("sha256")}
+            for name, case in sorted(cases.items())
+        }
+    else:
+        record["data"] = f"not recorded: {index} not found at export"
+    return record
+
+
 def run_export(args: argparse.Namespace) -> int:
     if args.init == "random":
         ckpts = random_checkpoints(
@@ -75,7 +92,8 @@ def run_export(args: argparse.Namespace) -> int:
         for ckpt in ckpts
         for precision in args.precision
     ]
-    write_manifest(args.out, written, version, sources)
+    training = {c.stage: provenance(c.training) for c in ckpts if c.training}
+    write_manifest(args.out, written, version, sources, training)
     for path in written:
         print(f"{path}  {path.stat().st_size / 2**20:.1f} MiB")
     return 0

@@ -152,12 +152,18 @@ def _strip_trace_metadata(graph: onnx.GraphProto) -> None:
 
 
 def write_manifest(
-    out_dir: Path, graphs: list[Path], version: str, sources: dict[str, str]
+    out_dir: Path,
+    graphs: list[Path],
+    version: str,
+    sources: dict[str, str],
+    training: dict[str, dict] | None = None,
 ) -> Path:
-    """``manifest.json``: every graph with its sha256 and size, the sources, the version."""
+    """``manifest.json``: every graph with its sha256 and size, the sources, the version, and
+    per stage how it was trained (config, epochs, data hashes) when training recorded it."""
     manifest = {
         "version": version,
         "sources": sources,
+        "training": training or {},
         "graphs": {
             p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(graphs)
         },

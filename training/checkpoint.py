@@ -17,6 +17,7 @@ from torch import nn
 from .networks import NetworkSpec, build_network
 
 FORMAT = "flare22-checkpoint/1"
+TRAINING_KEYS = ("config", "epoch", "best_dice")  # what python -m training records
 STAGES = ("coarse", "fine")
 
 
@@ -39,6 +40,8 @@ class StageCheckpoint:
     spec: NetworkSpec
     settings: StageSettings
     state_dict: dict[str, torch.Tensor]
+    # How training made it (config, epochs done, best validation Dice); empty if not trained.
+    training: dict = dataclasses.field(default_factory=dict)
 
     @property
     def stage(self) -> str:
@@ -82,6 +85,7 @@ def load_checkpoint(path: Path) -> StageCheckpoint:
         spec=NetworkSpec.from_dict(payload["spec"]),
         settings=StageSettings(**{**settings, "hu_window": tuple(settings["hu_window"])}),
         state_dict=payload["model"],
+        training={k: payload[k] for k in TRAINING_KEYS if k in payload},
     )
 
 

@@ -1,8 +1,8 @@
 """Every setting of a training run, in one frozen dataclass.
 
-Filled from a TOML file (``--config``) and then ``--kebab-case`` flags, written as
-``config.json`` beside the run's outputs and embedded in every checkpoint, so a checkpoint
-says how it was made and a resumed run can check it continues the same one.
+Filled from a TOML file (or a run's ``config.json``: ``--config``) and then ``--kebab-case``
+flags, written as ``config.json`` beside the run's outputs and embedded in every checkpoint, so
+a checkpoint says how it was made and a resumed run can check it continues the same one.
 Batch sizes are per process: under ``torchrun`` with N processes the batch is N times larger.
 """
 
@@ -112,8 +112,9 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     """The ``--config`` file's values, overridden by the flags given."""
     values: dict = {}
     if getattr(args, "config", None):
+        # TOML, or the config.json a run writes (so any run can be replayed from its own).
         with open(args.config, "rb") as f:
-            values.update(tomllib.load(f))
+            values.update(json.load(f) if str(args.config).endswith(".json") else tomllib.load(f))
     for f in dataclasses.fields(TrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:

@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="TOML file of TrainConfig fields")
+    p.add_argument("--config", type=Path, help="TOML file (or a run's config.json) of settings")
     p.add_argument("--resume", action="store_true", help="continue OUT/STAGE/last.pt")
     p.add_argument("--stop-after", type=int, default=0, metavar="N", help="end after N epochs")
     configuration.add_arguments(p)

@@ -1,6 +1,8 @@
 """``python -m training`` end to end on a tiny synthetic dataset, at 32³ on the CPU."""
 
+import argparse
 import csv
+import json
 import socket
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from export.__main__ import main as export_main
 from tests.helpers import ROOT
 from tests.training.test_prepare import make_dataset
 from training.checkpoint import load_checkpoint
+from training.config import from_args, from_dict
 from training.prepare import main as prepare_main
 from training.train import main
 
@@ -119,6 +122,15 @@ def test_trained_checkpoints_export_to_stage_graphs(cache, tmp_path):
     out = tmp_path / "weights"
     assert export_main(["--checkpoint", *ckpt, "--precision", "fp32", "--out", str(out)]) == 0
     assert (out / "coarse_fp32.onnx").exists() and (out / "fine_fp32.onnx").exists()
+    # The manifest says how each stage was trained and on which data.
+    manifest = json.loads((out / "manifest.json").read_text())
+    coarse = manifest["training"]["coarse"]
+    assert coarse["config"]["stage"] == "coarse" and coarse["epoch"] == 1
+    assert sorted(coarse["data"]) == ["case_a", "case_b", "case_c", "u1"]
+    assert len(coarse["data"]["case_a"]["labels_sha256"]) == 64
+    # A run's config.json replays it: the same settings as the checkpoint's.
+    replay = from_args(argparse.Namespace(config=tmp_path / "coarse" / "config.json"))
+    assert replay == from_dict(coarse["config"])
 
 
 def free_port() -> int:
@@ -169,9 +181,5 @@ def test_two_processes_under_torchrun_on_gloo(cache, tmp_path):
     "name", ["flare22_coarse", "flare22_fine", "totalsegmentator_coarse", "totalsegmentator_fine"]
 )
 def test_shipped_configs_parse(name):
-    import argparse
-
-    from training.config import from_args
-
     cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
     assert cfg.stage == name.split("_")[1] and cfg.epochs in (30, 300, 500)
