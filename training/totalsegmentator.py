@@ -16,7 +16,6 @@ The sdist (38 MB) is fetched once with pip, checked against its pinned sha256, a
 """
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -28,6 +27,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from inference.organs import LABEL_NAMES
+
+from .checkpoint import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "data" / "totalsegmentator"
@@ -49,14 +50,6 @@ def to_flare(labels: sitk.Image) -> sitk.Image:
     return out
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_sdist(downloads: Path) -> Path:
     """The pinned sdist, downloaded with pip unless already there; sha256-checked."""
     path = downloads / SDIST
@@ -75,8 +68,9 @@ def fetch_sdist(downloads: Path) -> Path:
             str(downloads),
         ]
         subprocess.run(cmd, check=True, capture_output=True)
-    if sha256(path) != SDIST_SHA256:
-        raise ValueError(f"{path}: sha256 {sha256(path)} is not the pinned {SDIST_SHA256}")
+    digest = sha256_file(path)
+    if digest != SDIST_SHA256:
+        raise ValueError(f"{path}: sha256 {digest} is not the pinned {SDIST_SHA256}")
     return path
 
 
