@@ -109,7 +109,7 @@ class ProcessTree:
                         rss += p.memory_info().rss / MIB
                     pids.add(p.pid)
                 except psutil.Error:
-                    pass  # ended between the listing and the read
+                    continue  # ended between the listing and the read
         return cpu, rss, pids
 
 
