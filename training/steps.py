@@ -2,7 +2,8 @@
 
 1. ``discriminator_step``: the generator's prediction and the (poisoned) ground truth of a
    labelled image, in random order; the discriminator learns which one is the ground truth.
-2. ``supervised_step``: the generator learns from labelled images (soft Dice).
+2. ``supervised_step``: the generator learns from labelled images (soft Dice, plus BCE when
+   ``bce_weight`` is set).
 3. ``unlabelled_step``: an unlabelled image and its Gaussian-noised copy give two predictions;
    the discriminator picks the better; that one, binarised, is the pseudo label of both,
    weighted by the discriminator's confidence.
@@ -13,6 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import TrainConfig
@@ -29,13 +31,14 @@ class Trainer:
     disc: nn.Module | None = None
     disc_optimizer: torch.optim.Optimizer | None = None
     disc_scaler: torch.amp.GradScaler | None = None
-    amp: bool = False  # fp16 autocast (CUDA only)
+    autocast_dtype: torch.dtype | None = None  # fp16 on a GPU, bf16 on a CPU, None: fp32
+    bce_weight: float = 0.0  # supervised loss = Dice + this x binary cross-entropy
 
     def autocast(self):
         device = next(self.net.parameters()).device.type
-        if not self.amp:
+        if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast(device, dtype=torch.float16)
+        return torch.autocast(device, dtype=self.autocast_dtype)
 
 
 def _update(loss: torch.Tensor, optimizer, scaler) -> None:
@@ -45,18 +48,27 @@ def _update(loss: torch.Tensor, optimizer, scaler) -> None:
     scaler.update()
 
 
+def logits(t: Trainer, x: torch.Tensor) -> torch.Tensor:
+    """The generator's logits, in fp32."""
+    with t.autocast():
+        return t.net(x).float()
+
+
 def probabilities(t: Trainer, x: torch.Tensor) -> torch.Tensor:
     """Sigmoid of the generator's logits, in fp32."""
-    with t.autocast():
-        return torch.sigmoid(t.net(x).float())
+    return torch.sigmoid(logits(t, x))
 
 
 def supervised_step(t: Trainer, x: torch.Tensor, target: torch.Tensor) -> float:
-    """One generator update on a labelled batch; returns the Dice loss."""
+    """One generator update on a labelled batch; returns the Dice loss (without the BCE term)."""
     t.net.train()
-    loss = soft_dice_loss(probabilities(t, x), target).mean()
+    z = logits(t, x)
+    dice = soft_dice_loss(torch.sigmoid(z), target).mean()
+    loss = dice
+    if t.bce_weight:
+        loss = loss + t.bce_weight * F.binary_cross_entropy_with_logits(z, target)
     _update(loss, t.optimizer, t.scaler)
-    return loss.item()
+    return dice.item()
 
 
 def poison(target: torch.Tensor, std: float, g: torch.Generator) -> torch.Tensor:

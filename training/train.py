@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from .config import TrainConfig
 from .data import CacheSet, split
 from .losses import one_hot
 from .networks import NetworkSpec, build_network, network_spec
+from .patches import sample_patch
 from .steps import Trainer, discriminator_step, supervised_step, unlabelled_step
 from .transforms import assign_labels, normalize
 
@@ -69,9 +71,23 @@ def seed_epoch(cfg: TrainConfig, epoch: int, rank: int, device: torch.device):
     return np.random.default_rng(seed), cpu, dev
 
 
-def batch(data: CacheSet, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """HU images (N x Z x Y x X float) and labels (uint8, or None when unlabelled)."""
+def batch(
+    data: CacheSet,
+    indices: list[int],
+    cfg: TrainConfig | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """HU images (N x Z x Y x X float) and labels (uint8, or None when unlabelled): whole
+    cubes, or random patches when ``cfg.patch_size`` is set (drawn from ``rng``)."""
     items = [data[i] for i in indices]
+    if cfg is not None and cfg.patch_size:
+        assert rng is not None
+        patches = [
+            sample_patch(im, lb, cfg.patch_size, cfg.patch_scale, cfg.patch_organ_prob, rng)
+            for im, lb in items
+        ]
+        images = torch.stack([im for im, _ in patches])
+        return images, None if items[0][1] is None else torch.stack([lb for _, lb in patches])
     image = torch.from_numpy(np.stack([np.asarray(im, np.float32) for im, _ in items]))
     if items[0][1] is None:
         return image, None
@@ -92,14 +108,19 @@ def phase(cfg: TrainConfig, step: int, total: int, has_unlabelled: bool) -> str:
 
 
 @torch.no_grad()
-def validate(net: torch.nn.Module, data: CacheSet, indices, cfg, device) -> list[float]:
+def validate(
+    net: torch.nn.Module, data: CacheSet, indices, cfg, device, autocast=None
+) -> list[float]:
     """Dice per organ over ``indices`` at the network's resolution (NaN: absent everywhere)."""
     net.eval()
+    autocast = autocast or nullcontext()
     hits = np.zeros(NUM_ORGANS)
     sizes = np.zeros(NUM_ORGANS)
     for i in indices:
         image, labels = batch(data, [i])
-        pred = assign_labels(net(network_input(image, cfg, device)), None, 0.5).cpu()
+        with autocast:
+            logits = net(network_input(image, cfg, device)).float()
+        pred = assign_labels(logits, None, 0.5).cpu()
         for k in range(1, NUM_ORGANS + 1):
             p, g = pred == k, labels == k
             hits[k - 1] += 2 * (p & g).sum().item()
@@ -191,11 +212,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
     torch.manual_seed(cfg.seed)  # the He-normal initialisation, the same in every process
     net = build_network(gen_spec).to(device)
     amp = cfg.amp and device.type == "cuda"
+    # bf16 has fp32's range: no gradient scaling, so the scalers stay disabled on a CPU.
+    autocast = torch.float16 if amp else torch.bfloat16 if cfg.cpu_bf16 else None
     t = Trainer(
         net,
         torch.optim.Adam(net.parameters(), cfg.lr, cfg.betas),
         torch.amp.GradScaler(enabled=amp),
-        amp=amp,
+        autocast_dtype=autocast,
+        bce_weight=cfg.bce_weight,
     )
     if cfg.adversarial:
         t.disc = build_network(disc_spec).to(device)
@@ -247,7 +271,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
             take = [
                 order[(it * cfg.batch_labelled + j) % len(order)] for j in range(cfg.batch_labelled)
             ]
-            hu, labels = augment(*batch(train_set, take), cfg, g_cpu)
+            hu, labels = augment(*batch(train_set, take, cfg, rng), cfg, g_cpu)
             x, target = network_input(hu, cfg, device), one_hot(labels.to(device), NUM_ORGANS)
             row = {"epoch": epoch, "step": step, "phase": phase(cfg, step, total, True)}
             if row["phase"] == "adversarial":
@@ -259,7 +283,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
                     for j in range(cfg.batch_unlabelled)
                 ]
                 u = network_input(
-                    augment(batch(unlabelled, take_u)[0], None, cfg, g_cpu)[0], cfg, device
+                    augment(batch(unlabelled, take_u, cfg, rng)[0], None, cfg, g_cpu)[0],
+                    cfg,
+                    device,
                 )
                 row["unl_loss"], row["confidence"] = unlabelled_step(t, u, cfg, g_dev)
             row.update(lr=lr, seconds=round(time.perf_counter() - started, 3))
@@ -278,7 +304,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
         if rank == 0:
             extra = {"config": cfg.to_dict(), "epoch": epoch + 1, "best_dice": best}
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                dice = validate(raw_net, val_set, range(len(val_set)), cfg, device)
+                dice = validate(raw_net, val_set, range(len(val_set)), cfg, device, t.autocast())
                 mean = float(np.nanmean(dice)) if not np.isnan(dice).all() else 0.0
                 log.row(
                     log.val_path,

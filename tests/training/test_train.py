@@ -14,7 +14,7 @@ from export.__main__ import main as export_main
 from tests.helpers import ROOT
 from tests.training.test_prepare import make_dataset
 from training.checkpoint import load_checkpoint
-from training.config import from_args, from_dict
+from training.config import add_arguments, command, from_args, from_dict
 from training.prepare import main as prepare_main
 from training.train import main
 
@@ -71,8 +71,14 @@ def test_supervised_iterations_lower_the_loss(cache, tmp_path):
     assert (tmp_path / "coarse" / "config.json").exists()
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(cache, tmp_path):
+# The CPU recipe's options: patches at random scales (resized to 32^3), Dice + BCE, bf16.
+PATCHES = ["--patch-size", "32", "--patch-scale", "0.75", "1.33", "--bce-weight", "1", "--cpu-bf16"]
+
+
+@pytest.mark.parametrize("extra", [[], PATCHES], ids=["whole", "patches"])
+def test_resume_continues_exactly_like_an_uninterrupted_run(cache, tmp_path, extra):
     adversarial = [
+        *extra,
         "--stage",
         "fine",
         "--iters-per-epoch",
@@ -131,6 +137,7 @@ def test_trained_checkpoints_export_to_stage_graphs(cache, tmp_path):
     # A run's config.json replays it: the same settings as the checkpoint's.
     replay = from_args(argparse.Namespace(config=tmp_path / "coarse" / "config.json"))
     assert replay == from_dict(coarse["config"])
+    assert coarse["command"] == command(replay) and "--no-adversarial" in coarse["command"]
 
 
 def free_port() -> int:
@@ -182,4 +189,17 @@ def test_two_processes_under_torchrun_on_gloo(cache, tmp_path):
 )
 def test_shipped_configs_parse(name):
     cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
-    assert cfg.stage == name.split("_")[1] and cfg.epochs in (30, 300, 500)
+    assert cfg.stage == name.split("_")[1]
+    iterations = cfg.epochs * cfg.iters_per_epoch
+    # Each recipe has an adversarial phase between its supervised warm-up and cool-down.
+    assert not iterations or cfg.warmup_iters + cfg.cooldown_iters < iterations
+
+
+@pytest.mark.parametrize("name", ["flare22_fine", "totalsegmentator_coarse"])
+def test_the_recorded_training_command_replays_the_config(name):
+    cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
+    words = command(cfg).split()
+    assert words[:3] == ["python", "-m", "training"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_args(parser.parse_args(words[3:])) == cfg
