@@ -16,6 +16,7 @@ import torch
 
 from inference.hu import as_int16_hu
 from inference.stage_info import PRECISIONS
+from training import config as configuration
 from training.checkpoint import (
     CheckpointError,
     StageCheckpoint,
@@ -60,6 +61,8 @@ def provenance(training: dict) -> dict:
     """A checkpoint's training record, with the sha256 of the data it was trained on (from
     its cache's index, when that cache is still where training read it)."""
     record = dict(training)
+    if "config" in training:
+        record["command"] = configuration.command(configuration.from_dict(training["config"]))
     index = Path(training.get("config", {}).get("cache", "")) / "index.json"
     if index.is_file():
         cases = json.loads(index.read_text()).get("cases", {})
