@@ -1,0 +1,54 @@
+"""``python -m export.model_card``: tables from real evaluate.py scores, organs out of view."""
+
+import json
+
+import numpy as np
+import SimpleITK as sitk
+
+from benchmarks.evaluate import main as evaluate_main
+from export.model_card import main
+
+
+def write(array: np.ndarray, path) -> None:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing((2.0, 2.0, 2.0))  # 8 mm³ a voxel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path))
+
+
+def test_the_card_shows_scores_volumes_and_targets(tmp_path):
+    dataset, evaluation, weights = tmp_path / "ds", tmp_path / "eval", tmp_path / "weights"
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:12, 2:12, 2:12] = 1  # liver, 1000 voxels = 8 mL
+    ref[14:18, 14:18, 14:18] = 3  # spleen
+    pred = ref.copy()
+    pred[2:12, 2:12, 2:7] = 0  # half the liver: DSC 2/3
+    pred[0, 0, 0] = 13  # a left kidney voxel where the reference has none
+    write(ref, dataset / "labelsTr" / "caseA.nii.gz")
+    write(pred, evaluation / "pred" / "caseA.nii.gz")
+    held = np.zeros((20, 20, 20), np.uint8)
+    held[5:15, 5:15, 5:15] = 1
+    write(held, dataset / "labelsTs" / "caseB.nii.gz")
+    write(held, evaluation / "pred" / "caseB.nii.gz")
+    for kind, labels in (("training", "labelsTr"), ("held_out", "labelsTs")):
+        argv = ["--pred", str(evaluation / "pred"), "--gt", str(dataset / labels)]
+        assert evaluate_main([*argv, "--out", str(evaluation / kind)]) == 0
+    weights.mkdir()
+    manifest = {"sources": {"fine": "ab" * 32}, "training": {"fine": {"epoch": 3, "command": "c"}}}
+    (weights / "manifest.json").write_text(json.dumps(manifest))
+
+    argv = ["--weights", str(weights), "--dataset", str(dataset), "--eval", str(evaluation)]
+    assert main(argv) == 0
+    card = (weights / "MODEL_CARD.md").read_text()
+    assert "| liver | 8.0 | 4.0 | 0.667 |" in card
+    assert "| spleen | 0.5 | 0.5 | 1.000 | 1.000 |" in card
+    assert "| left kidney | not in view | 0.0 | | |" in card  # 1 voxel = 0.008 mL
+    assert "missed for liver 0.667 < 0.9." in card
+    assert "liver DSC ≥ 0.8: met (1.000)" in card
+    assert "- **fine**: 3 epochs, checkpoint sha256 `" + "ab" * 32 in card
+
+
+def test_missing_scores_are_an_error_not_a_card(tmp_path, capsys):
+    assert main(["--weights", str(tmp_path), "--dataset", str(tmp_path)]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "MODEL_CARD.md").exists()
