@@ -45,6 +45,10 @@ class TrainConfig:
     patch_size: int = 0
     patch_scale: tuple[float, float] = (1.0, 1.0)
     patch_organ_prob: float = 0.5  # centred on a voxel of a random organ in view, else anywhere
+    # In this share of patches the z side is cut at patch_size x U[patch_slab_scale]: a few
+    # slices stretched to the patch, as a thin scan (a 20-slice slab) reaches the fine network.
+    patch_slab_prob: float = 0.0
+    patch_slab_scale: tuple[float, float] = (0.1, 0.5)
     # Augmentation of HU volumes before the window (random shift, contrast and brightness,
     # per-organ HU offset on labelled images, Gaussian noise).
     shift_fraction: float = 0.1  # up to this fraction of the side, per axis

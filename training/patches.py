@@ -18,12 +18,15 @@ def patch_box(
     scale: tuple[float, float],
     centre: tuple[int, ...] | None,
     rng: np.random.Generator,
+    z_scale: tuple[float, float] | None = None,
 ) -> tuple[slice, ...]:
-    """The slices of one patch: per axis a side of ``size x U[scale]`` (within the volume),
-    placed around ``centre`` (anywhere when None) and kept inside the volume."""
+    """The slices of one patch: per axis a side of ``size x U[scale]`` (``z_scale`` for the
+    first axis when given; within the volume), placed around ``centre`` (anywhere when None)
+    and kept inside the volume."""
     box = []
     for axis, n in enumerate(shape):
-        side = int(np.clip(round(size * rng.uniform(*scale)), 1, n))
+        low, high = z_scale if axis == 0 and z_scale is not None else scale
+        side = int(np.clip(round(size * rng.uniform(low, high)), 1, n))
         if centre is None:
             start = int(rng.integers(0, n - side + 1))
         else:
@@ -51,12 +54,20 @@ def sample_patch(
     scale: tuple[float, float],
     organ_prob: float,
     rng: np.random.Generator,
+    slab_prob: float = 0.0,
+    slab_scale: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One ``size^3`` float HU patch (and its uint8 labels, None when unlabelled)."""
+    """One ``size^3`` float HU patch (and its uint8 labels, None when unlabelled).
+
+    With probability ``slab_prob`` the z side is cut at ``size x U[slab_scale]`` instead: a
+    thin slab stretched through the slices, as a scan of few slices reaches the fine network
+    (its crop spans all the slices there are). No draw is made when ``slab_prob`` is 0.
+    """
     centre = None
     if labels is not None and rng.random() < organ_prob:
         centre = organ_centre(labels, rng)
-    box = patch_box(image.shape, size, scale, centre, rng)
+    z_scale = slab_scale if slab_prob and rng.random() < slab_prob else None
+    box = patch_box(image.shape, size, scale, centre, rng, z_scale)
     cut = torch.from_numpy(np.array(image[box], dtype=np.float32))
     if cut.shape != (size,) * 3:
         cut = resize(cut[None, None], (size,) * 3)[0, 0]

@@ -83,7 +83,16 @@ def batch(
     if cfg is not None and cfg.patch_size:
         assert rng is not None
         patches = [
-            sample_patch(im, lb, cfg.patch_size, cfg.patch_scale, cfg.patch_organ_prob, rng)
+            sample_patch(
+                im,
+                lb,
+                cfg.patch_size,
+                cfg.patch_scale,
+                cfg.patch_organ_prob,
+                rng,
+                cfg.patch_slab_prob,
+                cfg.patch_slab_scale,
+            )
             for im, lb in items
         ]
         images = torch.stack([im for im, _ in patches])

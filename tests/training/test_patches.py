@@ -49,3 +49,20 @@ def test_patch_labels_stay_on_their_image_at_any_scale(scale):
         assert (hu[lab == 0] < 250).float().mean() > 0.9
     hu, lab = sample_patch(image, None, 24, scale, 1.0, rng)
     assert lab is None and hu.shape == (24, 24, 24)
+
+
+def test_slab_patches_cut_few_slices_and_stretch_them():
+    labels = np.zeros((64, 64, 64), np.uint8)
+    labels[:, 20:40, 20:40] = 1
+    image = np.broadcast_to(np.arange(64, dtype=np.int16)[:, None, None], labels.shape)
+    rng = np.random.default_rng(2)
+    box = patch_box((64, 64, 64), 32, (1.0, 1.0), None, rng, z_scale=(0.25, 0.25))
+    assert [s.stop - s.start for s in box] == [8, 32, 32]
+    hu, lab = sample_patch(image, labels, 32, (1.0, 1.0), 0.0, rng, 1.0, (0.25, 0.25))
+    assert hu.shape == lab.shape == (32, 32, 32)
+    # 8 slices (HU = slice index) spread over 32: the HU range through z is 7, not 31.
+    assert float(hu[:, 16, 16].max() - hu[:, 16, 16].min()) <= 7.5
+    # slab_prob 0 draws nothing more: the same patches as before the option existed.
+    a = sample_patch(image, labels, 32, (0.8, 1.2), 0.5, np.random.default_rng(3))
+    b = sample_patch(image, labels, 32, (0.8, 1.2), 0.5, np.random.default_rng(3), 0.0)
+    assert all(bool((x == y).all()) for x, y in zip(a, b, strict=True))
