@@ -1,6 +1,7 @@
 """Seconds per training step of each network at the paper's sizes, and peak memory.
 
     python benchmarks/training.py [--runs 2] [--batch 1] [--steps NAME ...] [--device auto]
+                                  [--size S] [--bf16]
 
 Steps (``training/steps.py``, on random volumes; each in a fresh process after one warm-up
 step): ``coarse`` and ``fine`` supervised steps (forward, Dice, backward, Adam) at 160³ and
@@ -9,6 +10,8 @@ forward and backward); ``unlabelled`` the coarse unlabelled step (generator forw
 backward on the image and its noised copy, two discriminator forwards). Batch ``--batch`` per
 step (the paper's is 4 + 2 coarse, 8 + 4 fine, over 2 and 4 GPUs). On a GPU (``--device
 cuda``, the default when there is one): fp16 autocast, and peak GPU memory from torch.
+``--size S``: S³ inputs instead of the paper's (a ``--patch-size`` step); ``--bf16``: bf16
+autocast on a CPU (``--cpu-bf16``).
 """
 
 import argparse
@@ -26,7 +29,7 @@ from benchmarks._child import median, peak_rss_mib, run_child  # noqa: E402
 STEPS = ("coarse", "fine", "disc", "unlabelled")
 
 
-def child(step: str, runs: int, batch: int, device_name: str) -> dict:
+def child(step: str, runs: int, batch: int, device_name: str, size: int, bf16: bool) -> dict:
     import torch
 
     from inference.organs import NUM_ORGANS
@@ -36,10 +39,16 @@ def child(step: str, runs: int, batch: int, device_name: str) -> dict:
 
     device = torch.device(device_name)
     stage = "fine" if step == "fine" else "coarse"
-    spec = network_spec(stage)
+    spec = network_spec(stage, **({"input_size": size} if size else {}))
     net = build_network(spec).to(device)
     amp = device.type == "cuda"
-    t = Trainer(net, torch.optim.Adam(net.parameters()), torch.amp.GradScaler(enabled=amp), amp=amp)
+    dtype = torch.float16 if amp else torch.bfloat16 if bf16 else None
+    t = Trainer(
+        net,
+        torch.optim.Adam(net.parameters()),
+        torch.amp.GradScaler(enabled=amp),
+        autocast_dtype=dtype,
+    )
     if step in ("disc", "unlabelled"):
         t.disc = build_network(network_spec("discriminator", input_size=spec.input_size))
         t.disc = t.disc.to(device)
@@ -79,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--size", type=int, default=0, help="input side (default: the paper's)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on a CPU")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "training.json")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -88,12 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.child:
         step, device = args.child
-        print(json.dumps(child(step, args.runs, args.batch, device)))
+        print(json.dumps(child(step, args.runs, args.batch, device, args.size, args.bf16)))
         return 0
 
     rows = []
     for step in args.steps:
-        opts = ["--runs", str(args.runs), "--batch", str(args.batch)]
+        opts = ["--runs", str(args.runs), "--batch", str(args.batch), "--size", str(args.size)]
+        opts += ["--bf16"] if args.bf16 else []
         r = run_child(Path(__file__), [step, args.device, *opts])
         rows.append({"step": step, **r, "median_s": median(r["times"])})
         gpu = "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:.0f}"
@@ -102,9 +114,21 @@ def main(argv: list[str] | None = None) -> int:
             f"GPU {gpu} MiB",
             flush=True,
         )
-    print(f"({args.device}, batch {args.batch}, median of {args.runs} after a warm-up step)")
+    size = f"{args.size}³" if args.size else "paper sizes"
+    precision = "bf16" if args.bf16 and args.device == "cpu" else "default precision"
+    print(
+        f"({args.device}, batch {args.batch}, {size}, {precision}, "
+        f"median of {args.runs} after a warm-up step)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"device": args.device, "batch": args.batch, "runs": args.runs, "rows": rows}
+    summary = {
+        "device": args.device,
+        "batch": args.batch,
+        "size": args.size,
+        "bf16": args.bf16,
+        "runs": args.runs,
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
