@@ -78,6 +78,9 @@ same voxel for voxel). Volumes in mL.
   and adrenals on patient A: figures above those say nothing more.
 - Patient A is at 3 mm: thin organs (adrenals, 166 and 210 voxels) are a few voxels across,
   and one voxel of boundary costs much of their DSC.
+- A scan unlike patient A defeats them: the held-out slab (20 slices, contrast phase, a 500 mm
+  field of view) is mostly missed. Nothing in the training data looks like it; the slab and
+  scale augmentations did not make up for that in the iterations a CPU affords.
 - The esophagus is out of view in every reachable scan: it was never trained.
 - Trained on two CPU cores for about two hours; the paper trains 300 epochs on two GPUs.
 

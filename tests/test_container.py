@@ -25,8 +25,9 @@ from training.totalsegmentator import to_flare
 BASE = os.environ.get("FLARE22_DOCKER_BASE")
 WEIGHTS = ROOT / "weights"
 SAMPLE_SEG = SAMPLE_CT.with_name("example_seg.nii.gz")
-# Least DSC per organ id on the bundled case (liver, kidneys, spleen).
-BUNDLED_CASE_DSC = {1: 0.85, 2: 0.85, 3: 0.85, 13: 0.85}
+# Least DSC per organ id on the bundled case (liver, kidneys, spleen): the model card has
+# 0.893, 0.834, 0.882 and 0.886.
+BUNDLED_CASE_DSC = {1: 0.85, 2: 0.80, 3: 0.85, 13: 0.85}
 
 
 def test_dockerfile_is_hadolint_clean():
