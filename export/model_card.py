@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from inference.organs import ORGANS
+from inference.report import organ_volumes_ml
 
 # The targets on the training patient: these organs at 0.90, the others in view at 0.75.
 MAJOR_ORGANS = frozenset({1, 2, 3, 13})  # liver, kidneys, spleen
@@ -99,9 +100,7 @@ These weights again: `make weights` (resumes where it stopped), then `make weigh
 
 def _volumes_ml(path: Path) -> dict[int, float]:
     image = sitk.ReadImage(str(path))
-    voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    counts = np.bincount(sitk.GetArrayViewFromImage(image).ravel(), minlength=len(ORGANS) + 1)
-    return {o.label: float(counts[o.label]) * voxel_ml for o in ORGANS}
+    return organ_volumes_ml(sitk.GetArrayViewFromImage(image), image.GetSpacing())
 
 
 def _scores(per_case: Path) -> dict[str, dict[int, tuple[float, float]]]:
