@@ -222,7 +222,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
     net = build_network(gen_spec).to(device)
     amp = cfg.amp and device.type == "cuda"
     # bf16 has fp32's range: no gradient scaling, so the scalers stay disabled on a CPU.
-    autocast = torch.float16 if amp else torch.bfloat16 if cfg.cpu_bf16 else None
+    cpu_bf16 = cfg.cpu_bf16 and device.type == "cpu"
+    autocast = torch.float16 if amp else torch.bfloat16 if cpu_bf16 else None
     t = Trainer(
         net,
         torch.optim.Adam(net.parameters(), cfg.lr, cfg.betas),
