@@ -52,18 +52,20 @@ def make_case(ct, spacing_xyz, size_xyz, path: Path) -> None:
     sitk.WriteImage(out, str(path), useCompression=True)
 
 
-def prepare_cases(folder: Path) -> dict[str, Path]:
+def prepare_cases(folder: Path, slices: tuple[int, ...] = SLICES) -> dict[str, Path]:
+    """The FLARE-sized case, then the same anatomy at each number of ``slices``."""
     import SimpleITK as sitk
 
+    folder.mkdir(parents=True, exist_ok=True)
     ct = sitk.ReadImage(str(ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"))
     extent_z = ct.GetSize()[2] * ct.GetSpacing()[2]
     cases = {}
     grids = {"flare": (FLARE_SPACING, round(extent_z / FLARE_SPACING[2]))}
-    grids.update({f"{n} slices": ((0.8, 0.8, extent_z / n), n) for n in SLICES})
-    for name, (spacing, slices) in grids.items():
+    grids.update({f"{n} slices": ((0.8, 0.8, extent_z / n), n) for n in slices})
+    for name, (spacing, n) in grids.items():
         case = folder / name.replace(" ", "_")
         case.mkdir()
-        make_case(ct, spacing, (512, 512, slices), case / "case_0000.nii.gz")
+        make_case(ct, spacing, (512, 512, n), case / "case_0000.nii.gz")
         cases[name] = case
     return cases
 

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import onnxruntime as ort
+
 from .io import InputError, case_name, find_inputs, hu_array, read_ct, write_labels
 from .pipeline import DeviceError, Segmenter
 
@@ -64,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # ONNX Runtime warns once per convolution that the CUDA provider runs cuDNN's default
+    # algorithm (our choice, inference.sessions): hundreds of lines per case. Errors still show.
+    ort.set_default_logger_severity(2 if args.verbose else 3)
     if not args.input.is_dir():
         print(f"error: {args.input}: not a folder", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from .components import keep_components
 from .hu import as_int16_hu
 from .orientation import Orientation
 from .roi import fine_region
-from .sessions import cpu_session_options, shrinking_run_options
+from .sessions import RuntimeConfig
 from .stage_info import StageInfo, graph_filename
 
 log = logging.getLogger(__name__)
@@ -33,25 +33,20 @@ class Stage:
         return self.session.run(None, feeds, self.run_options)[0]
 
 
-def load_stage(weights: Path, stage: str, device: str) -> Stage:
-    """The stage graph for ``device`` ("cuda": fp16 on the CUDA provider, "cpu": fp32)."""
-    precision = "fp16" if device == "cuda" else "fp32"
-    path = weights / graph_filename(stage, precision)
+def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
+    """The stage graph of ``config.precision`` as a session on ``config.device``."""
+    path = weights / graph_filename(stage, config.precision)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such stage graph (python -m export writes them)")
-    if device == "cuda":
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        opts = ort.SessionOptions()
-    else:
-        providers = ["CPUExecutionProvider"]
-        opts = cpu_session_options()
-    session = ort.InferenceSession(str(path), opts, providers=providers)
+    session = ort.InferenceSession(
+        str(path), config.session_options(), providers=config.providers()
+    )
     got = session.get_providers()
-    if device == "cuda" and got[0] != "CUDAExecutionProvider":
+    if config.device == "cuda" and got[0] != "CUDAExecutionProvider":
         raise DeviceError(f"{path}: CUDA was requested but ONNX Runtime gave {got}")
     info = StageInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
     log.info("%s: %s on %s", stage, path.name, got[0])
-    return Stage(session, info, shrinking_run_options(device))
+    return Stage(session, info, config.run_options())
 
 
 def pick_device(device: str) -> str:
@@ -71,10 +66,14 @@ class Result:
 class Segmenter:
     """Loads both stage graphs once; ``segment`` runs one volume through them."""
 
-    def __init__(self, weights: Path, device: str = "auto") -> None:
-        self.device = pick_device(device)
-        self.coarse = load_stage(weights, "coarse", self.device)
-        self.fine = load_stage(weights, "fine", self.device)
+    def __init__(
+        self, weights: Path, device: str = "auto", config: RuntimeConfig | None = None
+    ) -> None:
+        """``config`` (the benchmarks' hook) overrides the project's choices for the device."""
+        self.device = config.device if config else pick_device(device)
+        config = config or RuntimeConfig.for_device(self.device)
+        self.coarse = load_stage(weights, "coarse", config)
+        self.fine = load_stage(weights, "fine", config)
         self.providers = self.coarse.session.get_providers()
 
     def segment(
