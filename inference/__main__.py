@@ -11,16 +11,20 @@ import json
 import logging
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
+import SimpleITK as sitk
 
 from .io import InputError, case_name, find_inputs, hu_array, read_ct, write_labels
-from .pipeline import DeviceError, Segmenter
+from .pipeline import DeviceError, Result, Segmenter
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 log = logging.getLogger("inference")
+STAGES = ("read", "coarse", "region", "fine", "post", "write")  # their sum is a record's total
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -38,26 +42,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
-    """Segment one file and write its labels; returns its timings record."""
+def read_case(path: Path) -> tuple[sitk.Image, np.ndarray, float]:
+    """The image, its HU array and the seconds they took; raises InputError for a bad input."""
     start = time.perf_counter()
-    image = read_ct(path)
-    volume = hu_array(image, path)
-    read = time.perf_counter() - start
-    result = segmenter.segment(volume, image.GetSpacing(), image.GetDirection())
-    t = time.perf_counter()
-    write_labels(result.labels, image, out_dir / f"{case_name(path)}.nii.gz")
-    write = time.perf_counter() - t
+    try:
+        image = read_ct(path)
+        volume = hu_array(image, path)
+    except OSError as e:  # e.g. a file removed or made unreadable since the folder was listed
+        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from e
+    return image, volume, time.perf_counter() - start
+
+
+def write_case(labels: np.ndarray, image: sitk.Image, path: Path, out_dir: Path) -> float:
+    """Write a case's labels (atomically); returns the seconds it took. Raises OSError."""
+    start = time.perf_counter()
+    try:
+        write_labels(labels, image, out_dir / f"{case_name(path)}.nii.gz")
+    except OSError as e:  # e.g. the output folder is full or not writable
+        raise OSError(f"{path}: cannot write its labels ({e})") from e
+    return time.perf_counter() - start
+
+
+def timings_record(segmenter: Segmenter, path: Path, volume: np.ndarray, result: Result) -> dict:
     return {
         "case": case_name(path),
         "shape": list(volume.shape),
         "providers": segmenter.providers,
         "roi_source": result.region,
-        "read": read,
         **result.timings,
-        "write": write,
-        "total": time.perf_counter() - start,
     }
+
+
+def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
+    """Segment one file and write its labels, one step after another; its timings record."""
+    image, volume, read = read_case(path)
+    result = segmenter.segment(volume, image.GetSpacing(), image.GetDirection())
+    write = write_case(result.labels, image, path, out_dir)
+    record = {**timings_record(segmenter, path, volume, result), "read": read, "write": write}
+    return {**record, "total": sum(record[k] for k in STAGES)}
+
+
+def finish_write(writing: tuple[Future, dict] | None, timings: Path | None) -> int:
+    """Wait for a case's write; log its timings, or report it. Returns the number failed."""
+    if writing is None:
+        return 0
+    future, record = writing
+    try:
+        record["write"] = future.result()
+    except OSError as e:
+        print(f"ERROR {e}", file=sys.stderr)
+        return 1
+    record["total"] = sum(record[k] for k in STAGES)
+    if timings:
+        with open(timings, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,22 +125,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     failed = 0
-    for n, path in enumerate(inputs, 1):
-        if sys.stderr.isatty():
-            print(f"[{n}/{len(inputs)}] {path.name}", file=sys.stderr)
-        try:
-            record = segment_file(segmenter, path, args.output)
-        except InputError as e:
-            print(f"ERROR {e}", file=sys.stderr)
-            failed += 1
-            continue
-        except OSError as e:  # e.g. the output folder is full or not writable
-            print(f"ERROR {path}: cannot write its labels ({e})", file=sys.stderr)
-            failed += 1
-            continue
-        if args.timings:
-            with open(args.timings, "a") as f:
-                f.write(json.dumps(record) + "\n")
+    # One I/O thread reads the next case and writes the previous one while this thread runs the
+    # networks (ONNX Runtime releases the GIL), so in a batch read and write time is hidden.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="io") as io:
+        reading = io.submit(read_case, inputs[0])
+        writing: tuple[Future, dict] | None = None
+        for n, path in enumerate(inputs):
+            if sys.stderr.isatty():
+                print(f"[{n + 1}/{len(inputs)}] {path.name}", file=sys.stderr)
+            try:
+                image, volume, read = reading.result()
+            except InputError as e:
+                print(f"ERROR {e}", file=sys.stderr)
+                failed += 1
+                image = None
+            if n + 1 < len(inputs):
+                reading = io.submit(read_case, inputs[n + 1])
+            if image is not None:
+                result = segmenter.segment(volume, image.GetSpacing(), image.GetDirection())
+                record = {**timings_record(segmenter, path, volume, result), "read": read}
+            failed += finish_write(writing, args.timings)
+            writing = None
+            if image is not None:
+                writing = (io.submit(write_case, result.labels, image, path, args.output), record)
+        failed += finish_write(writing, args.timings)
     return 1 if failed else 0
 
 

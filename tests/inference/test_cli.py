@@ -188,3 +188,31 @@ def test_an_unwritable_output_is_reported_and_the_batch_goes_on(small_weights, t
     assert len(err) == 1 and err[0].startswith("ERROR ") and "a_0000.nii.gz" in err[0]
     assert (outputs / "b.nii.gz").is_file()
     assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+
+
+def test_a_batch_reads_ahead_and_writes_behind_in_order(
+    small_weights, tmp_path, capsys, monkeypatch
+):
+    import inference.__main__ as cli
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("a_0000.nii.gz", "b_0000.nii.gz", "c_0000.nii.gz"):
+        shutil.copy(SAMPLE_CT, inputs / name)
+    read_ct = cli.read_ct
+
+    def flaky_read(path):  # b becomes unreadable after the folder was listed
+        if path.name.startswith("b_"):
+            raise PermissionError(13, "Permission denied")
+        return read_ct(path)
+
+    monkeypatch.setattr(cli, "read_ct", flaky_read)
+    timings = tmp_path / "t.jsonl"
+    assert run(small_weights, inputs, outputs, "--timings", str(timings)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"ERROR {inputs / 'b_0000.nii.gz'}: cannot read it (Permission denied)"]
+    assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "c.nii.gz"]
+    records = [json.loads(line) for line in timings.read_text().splitlines()]
+    assert [r["case"] for r in records] == ["a", "c"]
+    stages = ("read", "coarse", "region", "fine", "post", "write")
+    assert all(r["total"] == sum(r[k] for k in stages) for r in records)
