@@ -63,12 +63,16 @@ def write_case(labels: np.ndarray, image: sitk.Image, path: Path, out_dir: Path)
     return time.perf_counter() - start
 
 
-def timings_record(segmenter: Segmenter, path: Path, volume: np.ndarray, result: Result) -> dict:
+def timings_record(
+    segmenter: Segmenter, path: Path, volume: np.ndarray, result: Result, read: float
+) -> dict:
+    """A case's ``--timings`` line so far; ``write`` and ``total`` come once it is written."""
     return {
         "case": case_name(path),
         "shape": list(volume.shape),
         "providers": segmenter.providers,
         "roi_source": result.region,
+        "read": read,
         **result.timings,
     }
 
@@ -78,7 +82,7 @@ def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
     image, volume, read = read_case(path)
     result = segmenter.segment(volume, image.GetSpacing(), image.GetDirection())
     write = write_case(result.labels, image, path, out_dir)
-    record = {**timings_record(segmenter, path, volume, result), "read": read, "write": write}
+    record = {**timings_record(segmenter, path, volume, result, read), "write": write}
     return {**record, "total": sum(record[k] for k in STAGES)}
 
 
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 reading = io.submit(read_case, inputs[n + 1])
             if image is not None:
                 result = segmenter.segment(volume, image.GetSpacing(), image.GetDirection())
-                record = {**timings_record(segmenter, path, volume, result), "read": read}
+                record = timings_record(segmenter, path, volume, result, read)
             failed += finish_write(writing, args.timings)
             writing = None
             if image is not None:
