@@ -9,17 +9,24 @@ import pytest
 import SimpleITK as sitk
 import surface_distance as deepmind
 
-from benchmarks.evaluate import label_boxes, main, read_labels, score_case, score_organ
+from benchmarks.evaluate import (
+    LabelValueError,
+    label_boxes,
+    main,
+    read_labels,
+    score_case,
+    score_organ,
+)
 from inference.organs import ORGANS
 
 SPACING = (0.75, 1.25, 2.5)  # exact in float32, as NIfTI stores it
-LIVER, AORTA, ESOPHAGUS = ORGANS[0], ORGANS[4], ORGANS[9]
+LIVER, AORTA, GALLBLADDER, ESOPHAGUS = ORGANS[0], ORGANS[4], ORGANS[8], ORGANS[9]
 
 
-def organ(gt: np.ndarray, pred: np.ndarray, which=AORTA) -> tuple[float, float]:
+def organ(gt: np.ndarray, pred: np.ndarray, which=AORTA, rules="2022") -> tuple[float, float]:
     """score_organ as score_case calls it."""
     gt_box, pred_box = label_boxes(gt)[which.label - 1], label_boxes(pred)[which.label - 1]
-    return score_organ(gt, pred, SPACING, which, gt_box, pred_box)
+    return score_organ(gt, pred, SPACING, which, gt_box, pred_box, rules)
 
 
 def tube(label: int, z0: int, z1: int, shape=(16, 16, 20)) -> np.ndarray:
@@ -43,6 +50,47 @@ def test_one_slice_gt_is_nan_for_the_aorta_but_scored_for_the_liver():
         assert math.isnan(dsc) and math.isnan(nsd)
     gt = tube(LIVER.label, 7, 8)
     assert organ(gt, gt, LIVER) == (1.0, 1.0)
+
+
+def test_one_slice_aorta_is_nan_where_the_official_script_raises(tmp_path, capsys):
+    gt = tube(AORTA.label, 7, 8)
+    # The official masks gt[:, :, z.min():z.max()] have no slice left; DeepMind's code, called
+    # first by the official script, fails on them.
+    official_gt = gt[:, :, 7:7] == AORTA.label
+    with pytest.raises(ValueError, match="zero-size array"):
+        deepmind.compute_surface_distances(official_gt, official_gt.copy(), SPACING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0 RuntimeWarning on our side
+        for pred in (gt, tube(AORTA.label, 0, 20), np.zeros_like(gt)):
+            for rules in ("2022", "2024"):
+                dsc, nsd = organ(gt, pred, AORTA, rules)
+                assert math.isnan(dsc) and math.isnan(nsd)
+
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    write(gt, tmp_path / "gt" / "a.nii.gz")
+    write(gt, tmp_path / "pred" / "a.nii.gz")
+    argv = ["--gt", str(tmp_path / "gt"), "--pred", str(tmp_path / "pred")]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert "official script stops with a ValueError" in capsys.readouterr().out
+    rows = {r["organ_id"]: r for r in read_csv(tmp_path / "out" / "per_case.csv")}
+    assert rows[str(AORTA.label)]["dsc"] == rows[str(AORTA.label)]["nsd"] == "nan"
+
+
+def test_rules_2024_set_nsd_to_zero_below_dsc_0_2():
+    gt = np.zeros((32, 16, 16), np.uint8)
+    gt[2:12, 2:12, 2:12] = LIVER.label  # 1000 voxels
+    below, at = np.zeros_like(gt), np.zeros_like(gt)
+    below[11:21, 2:12, 2:12] = LIVER.label  # overlap 100: DSC 0.1
+    at[10:20, 2:12, 2:12] = LIVER.label  # overlap 200: DSC exactly 0.2, not below
+    dsc, nsd = organ(gt, below, LIVER, "2022")
+    assert dsc == pytest.approx(0.1) and nsd > 0
+    assert organ(gt, below, LIVER, "2024") == (dsc, 0.0)
+    assert organ(gt, at, LIVER, "2024") == organ(gt, at, LIVER, "2022")
+    assert organ(gt, at, LIVER)[0] == 0.2 and organ(gt, at, LIVER)[1] > 0
+    assert organ(gt, gt, LIVER, "2024") == (1.0, 1.0)
+    with pytest.raises(ValueError, match="rules '2042': expected one of 2022, 2024"):
+        score_case(gt, gt, SPACING, "2042")
 
 
 def test_aorta_scored_without_the_topmost_gt_slice():
@@ -75,8 +123,59 @@ def write(labels_xyz: np.ndarray, path, spacing=SPACING) -> None:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
+def test_values_outside_0_to_13_are_named(tmp_path):
+    labels = np.zeros((6, 5, 4), np.int16)
+    labels[0, 0, :] = [14, 15, 52, 117]
+    labels[1, 0, :] = [256, 300, 400, -1]  # 256 would become 0 in the uint8 cast
+    write(labels, tmp_path / "ts.nii.gz")
+    with pytest.raises(LabelValueError) as e:
+        read_labels(tmp_path / "ts.nii.gz")
+    assert str(e.value) == (
+        f"{tmp_path / 'ts.nii.gz'}: label values -1, 14, 15, 52, 117, ... (8 distinct values) "
+        "are not FLARE22 organ ids (0-13): a TotalSegmentator or other label map must be mapped "
+        "to FLARE ids first"
+    )
+    write(np.full((6, 5, 4), 13, np.int16), tmp_path / "ok.nii.gz")
+    assert read_labels(tmp_path / "ok.nii.gz")[0].max() == 13
+
+
+def test_cli_ground_truth_or_prediction_above_13_is_an_error(tmp_path, capsys):
+    gt_dir, pred_dir, out = tmp_path / "gt", tmp_path / "pred", tmp_path / "out"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    flare = tube(LIVER.label, 2, 12)
+    totalseg = flare.copy()
+    totalseg[0:3, 0:3, 0:3], totalseg[12:15, 0:3, 0:3] = 14, 117  # spleen, liver ids there
+    write(flare, gt_dir / "a.nii.gz")  # fine
+    write(flare, pred_dir / "a.nii.gz")
+    write(totalseg, gt_dir / "b.nii.gz")  # a TotalSegmentator reference
+    write(flare, pred_dir / "b.nii.gz")
+    write(flare, gt_dir / "c.nii.gz")
+    write(totalseg, pred_dir / "c.nii.gz")  # a TotalSegmentator prediction
+
+    assert main(["--gt", str(gt_dir), "--pred", str(pred_dir), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    reason = "label values 14, 117 are not FLARE22 organ ids (0-13): a TotalSegmentator"
+    assert errors == [
+        f"ERROR {gt_dir / 'b.nii.gz'}: {reason} or other label map must be mapped to FLARE ids "
+        "first",
+        f"ERROR {pred_dir / 'c.nii.gz'}: {reason} or other label map must be mapped to FLARE ids "
+        "first",
+    ]
+    rows = read_csv(out / "per_case.csv")
+    status = {r["case"]: r["status"] for r in rows}
+    assert status == {"a": "ok", "b": "invalid ground truth", "c": "invalid prediction"}
+    assert {(r["dsc"], r["nsd"]) for r in rows if r["case"] == "b"} == {("", "")}
+    assert {(r["dsc"], r["nsd"]) for r in rows if r["case"] == "c"} == {("0.0", "0.0")}
+    liver = {r["organ_id"]: r for r in read_csv(out / "summary.csv")}[str(LIVER.label)]
+    assert int(liver["cases"]) == 2 and float(liver["mean_dsc"]) == 0.5  # a: 1, c: 0
+    assert "invalid prediction (1, scored 0): c" in captured.out
+    assert "ground truth unreadable or invalid, not scored: b" in captured.out
+
+
 def test_read_labels_gives_nibabels_axis_order(tmp_path):
-    labels = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
+    labels = (np.arange(4 * 5 * 6, dtype=np.uint8) % 14).reshape(4, 5, 6)  # FLARE ids
     write(labels, tmp_path / "a.nii.gz")
     read, spacing = read_labels(tmp_path / "a.nii.gz")
     np.testing.assert_array_equal(read, labels)
@@ -97,6 +196,8 @@ def case_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
     pred[30:35, 20:24, 0:24] = 5
     gt[24:27, 26:29, 10:20] = 10  # esophagus, prediction misses its top slices
     pred[24:27, 26:30, 12:17] = 10
+    gt[28:34, 4:10, 16:22] = 9  # gallbladder, predicted 5 voxels off: DSC 1/6, NSD > 0
+    pred[33:39, 4:10, 16:22] = 9
     gt[8:12, 24:30, 5:9] = 2  # right kidney, not predicted
     pred[14:18, 28:32, 18:21] = 13  # left kidney, not in the GT
     noise = rng.random(gt.shape) < 0.02
@@ -104,8 +205,9 @@ def case_pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return gt, pred
 
 
-def official(gt: np.ndarray, pred: np.ndarray, spacing) -> list[tuple[float, float]]:
-    """FLARE22_DSC_NSD_Eval.py's loop with DeepMind's package, written out independently."""
+def official(gt: np.ndarray, pred: np.ndarray, spacing, rules="2022") -> list[tuple[float, float]]:
+    """FLARE22_DSC_NSD_Eval.py's loop with DeepMind's package, written out independently;
+    ``rules="2024"``: the revision that skips NSD (0) where DSC < 0.2."""
     scores = []
     for o in ORGANS:
         i = o.label
@@ -124,16 +226,44 @@ def official(gt: np.ndarray, pred: np.ndarray, spacing) -> list[tuple[float, flo
             warnings.simplefilter("ignore", DeprecationWarning)
             d = deepmind.compute_surface_distances(a, b, spacing)
         dsc = 2 * (a & b).sum() / (a.sum() + b.sum())
+        if rules == "2024" and dsc < 0.2:
+            scores.append((dsc, 0.0))
+            continue
         scores.append((dsc, deepmind.compute_surface_dice_at_tolerance(d, o.nsd_tolerance_mm)))
     return scores
 
 
-def test_score_case_matches_the_official_loop():
+@pytest.mark.parametrize("rules", ["2022", "2024"])
+def test_score_case_matches_the_official_loop(rules):
     gt, pred = case_pair(0)
-    ours, expected = score_case(gt, pred, SPACING), official(gt, pred, SPACING)
+    ours, expected = score_case(gt, pred, SPACING, rules), official(gt, pred, SPACING, rules)
     for o, (d, n), (ed, en) in zip(ORGANS, ours, expected, strict=True):
         assert abs(d - ed) <= 1e-12 and abs(n - en) <= 1e-12, o.name
     assert 0 < ours[0][1] < 1 and 0 < ours[9][1] < 1  # non-trivial values were compared
+    dsc, nsd = ours[GALLBLADDER.label - 1]
+    assert dsc == pytest.approx(1 / 6)
+    assert nsd == 0.0 if rules == "2024" else nsd > 0  # the one organ the rules tell apart
+
+
+def test_cli_rules(tmp_path, capsys):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    gt, pred = case_pair(3)
+    write(gt, gt_dir / "a.nii.gz")
+    write(pred, pred_dir / "a.nii.gz")
+    nsd = {}
+    for rules in ("2022", "2024"):
+        argv = ["--gt", str(gt_dir), "--pred", str(pred_dir), "--out", str(tmp_path / rules)]
+        assert main([*argv, *(["--rules", rules] if rules == "2024" else [])]) == 0
+        assert f"rules {rules}:" in capsys.readouterr().out
+        rows = read_csv(tmp_path / rules / "per_case.csv")
+        nsd[rules] = [float(r["nsd"]) for r in rows]
+        assert nsd[rules] == pytest.approx([n for _, n in official(gt, pred, SPACING, rules)])
+    changed = [i for i, (a, b) in enumerate(zip(*nsd.values(), strict=True)) if a != b]
+    assert changed == [GALLBLADDER.label - 1] and nsd["2024"][changed[0]] == 0.0
+    with pytest.raises(SystemExit):
+        main(["--gt", str(gt_dir), "--pred", str(pred_dir), "--rules", "2023"])
 
 
 def read_csv(path) -> list[dict]:
