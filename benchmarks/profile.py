@@ -8,10 +8,11 @@ Per case: the case is copied alone into a fresh ``inputs/`` folder, a sampler pr
 (it first records the idle GPU memory, which counts against the tolerance too), the command
 runs, the sampler stops. Written to ``--results`` (default ``results/profile``): ``<case>.csv``
 (the samples), ``<case>.png`` (GPU memory with the 2048 MiB line, CPU over time),
-``cases.csv``, ``summary.json`` (every case, mean and median) and ``outputs/`` (the label maps,
-for ``benchmarks/evaluate.py``). Official figures use the challenge's arithmetic (sum x 0.1 s,
-CPU formula with its +0.1); ``true`` ones integrate over the real timestamps. Without NVML or
-a GPU the GPU columns are empty and say why. Exit code 1 if a case failed, 2 on bad usage.
+``cases.csv``, ``summary.json`` (every case, mean and median; strict JSON, NaN written as
+null) and ``outputs/`` (the label maps, for ``benchmarks/evaluate.py``). Official figures use
+the challenge's arithmetic (sum x 0.1 s, CPU formula with its +0.1); ``true`` ones integrate
+over the real timestamps. Without NVML or a GPU the GPU columns are empty and say why. Exit
+code 1 if a case failed, 2 on bad usage.
 """
 
 import argparse
@@ -236,6 +237,20 @@ def table(rows: list[tuple[str, str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def json_safe(value: object) -> object:
+    """``value`` with every NaN or infinite float, at any depth of dicts and lists, as None.
+
+    Strict JSON has no NaN: readers other than Python's (jq, JavaScript) reject it.
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_results(results: Path, rows: list[dict], notes: list[str], command: str) -> None:
     with open(results / "cases.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -249,7 +264,8 @@ def write_results(results: Path, rows: list[dict], notes: list[str], command: st
         "mean": aggregate(rows, statistics.mean),
         "median": aggregate(rows, statistics.median),
     }
-    (results / "summary.json").write_text(json.dumps(summary, indent=1, allow_nan=True) + "\n")
+    text = json.dumps(json_safe(summary), indent=1, allow_nan=False)
+    (results / "summary.json").write_text(text + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

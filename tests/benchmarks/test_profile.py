@@ -6,9 +6,10 @@ import math
 import shlex
 import sys
 
+import numpy as np
 import pytest
 
-from benchmarks.profile import main
+from benchmarks.profile import json_safe, main, write_results
 from benchmarks.sampler import open_gpu
 from tests.helpers import SAMPLE_CT
 
@@ -20,12 +21,16 @@ WORK = (
 )
 
 
+def strict(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
+
+
 def profile(tmp_path, cmd: str, *extra: str) -> tuple[int, dict]:
     results = tmp_path / "results"
     argv = ["--cmd", cmd, "--cases", str(SAMPLE_CT), "--results", str(results), "--idle", "0.2"]
     code = main([*argv, *extra])
     summary = results / "summary.json"
-    return code, json.loads(summary.read_text()) if summary.exists() else {}
+    return code, json.loads(summary.read_text(), parse_constant=strict) if summary.exists() else {}
 
 
 def test_profiles_a_command_per_case(tmp_path):
@@ -48,7 +53,7 @@ def test_profiles_a_command_per_case(tmp_path):
     assert len(samples) > row["samples"]  # the idle samples before the run are kept too
     if open_gpu(0)[0] is None:
         assert "no GPU columns" in summary["notes"][0]
-        assert math.isnan(row["gpu_area_official"]) and samples[-1]["gpu_used_mib"] == ""
+        assert row["gpu_area_official"] is None and samples[-1]["gpu_used_mib"] == ""
     else:
         assert row["gpu_area_official"] > 0
 
@@ -70,3 +75,19 @@ def test_no_cases_is_exit_code_2(tmp_path, capsys):
     assert main(["--cases", str(tmp_path / "empty"), "--results", str(tmp_path / "r")]) == 2
     assert main(["--cases", str(tmp_path / "nothing"), "--results", str(tmp_path / "r")]) == 2
     assert "nothing: no such case file or folder" in capsys.readouterr().err
+
+
+def test_summary_json_is_strict_json_with_null_for_nan(tmp_path):
+    no_gpu = {"case": "a", "status": "ok", "wall_s": 2.0, "gpu_max": math.nan}
+    odd = {"case": "b", "status": "timeout", "wall_s": 4.0, "gpu_max": math.inf}
+    rows = [{**no_gpu, "start": 0.0, "end": 2.0}, {**odd, "start": 2.0, "end": 6.0}]
+    write_results(tmp_path, rows, ["no GPU"], "sh predict.sh")
+    text = (tmp_path / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=strict)  # no bare NaN or Infinity
+    assert [r["gpu_max"] for r in summary["cases"]] == [None, None]
+    assert summary["mean"] == summary["median"] == {"wall_s": 3.0, "gpu_max": None}
+
+
+def test_json_safe_reaches_every_depth():
+    value = {"a": [1.0, math.nan, {"b": (-math.inf, np.float64("nan"))}], "c": "x", "d": 3}
+    assert json_safe(value) == {"a": [1.0, None, {"b": [None, None]}], "c": "x", "d": 3}
