@@ -1,25 +1,43 @@
-"""``python -m inference -i IN -o OUT``: segment every CT in a folder.
+"""python -m inference -i IN -o OUT: segment every CT in a folder.
 
-One ``<case>.nii.gz`` of uint8 labels (0 background, 1..13 organs) per input, with the input's
-shape, spacing, origin and direction; ``<case>_0000.nii.gz`` becomes ``<case>.nii.gz``. A bad
-input prints ``ERROR <file>: <reason>`` on stderr, writes nothing, and the run goes on; the exit
-code is then 1. No input images: exit code 2.
+Inputs: image files in IN (.nii.gz, .nii, .mha, .mhd, .nrrd, .nhdr) and DICOM series: IN itself
+when it holds one, or folders below it up to 4 levels deep (patient/study/series exports).
+Outputs: OUT/<case>.nii.gz, uint8 labels (0 background, 1..13 organs) with the input's shape,
+spacing, origin and direction; <case>_0000.nii.gz gives <case>.nii.gz, other files keep their
+stem, a DICOM folder gives its folder's name. Outputs appear whole (temporary name, then
+rename) and are marked in their header, so a later run over a folder holding them skips them.
+
+Refused before any work (exit 2): an output that would overwrite an input or land inside a
+DICOM input folder; an output folder that can't be created or written; no input images;
+graphs missing or not usable. A case that fails (unreadable, too large for the memory
+available, two inputs with one case name, an error while segmenting or writing) prints
+"ERROR <file>: <reason>", writes nothing, and the others go on: exit 1. An input that does not
+look like an abdominal CT prints "WARNING <file>: ..." and is segmented. Stopped by SIGTERM or
+SIGINT: the run ends within seconds, leaves no partial file, exits 143 or 130.
 """
 
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 import onnxruntime as ort
 import SimpleITK as sitk
 
-from .io import InputError, case_name, find_inputs, hu_array, read_ct, write_labels
+from .io import InputError, case_name, find_inputs, hu_array, read_ct, read_header, write_labels
+from .memory import memory_error
 from .pipeline import DeviceError, Result, Segmenter
+from .plan import Case, PlanError, plan_batch, prepare_output_folder
+from .plausibility import plausibility_warnings
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
@@ -42,65 +60,185 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def read_case(path: Path) -> tuple[sitk.Image, np.ndarray, float]:
-    """The image, its HU array and the seconds they took; raises InputError for a bad input."""
+@dataclass
+class Loaded:
+    """A case read and checked: its image, HU array, read seconds and plausibility warnings."""
+
+    image: sitk.Image
+    volume: np.ndarray
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def read_case(path: Path, network_sides: tuple[int, ...] = ()) -> Loaded:
+    """Read a case; raises InputError for a bad input or one that would not fit in memory
+    (judged from its header before the voxels are read, when ``network_sides`` is given)."""
     start = time.perf_counter()
     try:
-        image = read_ct(path)
+        header = read_header(path)
+        if network_sides and (reason := memory_error(header, network_sides)):
+            raise InputError(reason)
+        image = read_ct(path, header)
         volume = hu_array(image, path)
     except OSError as e:  # e.g. a file removed or made unreadable since the folder was listed
         raise InputError(f"{path}: cannot read it ({e.strerror or e})") from e
-    return image, volume, time.perf_counter() - start
+    warnings = plausibility_warnings(volume, image.GetSpacing())
+    return Loaded(image, volume, time.perf_counter() - start, warnings)
 
 
-def write_case(labels: np.ndarray, image: sitk.Image, path: Path, out_dir: Path) -> float:
-    """Write a case's labels (atomically); returns the seconds it took. Raises OSError."""
+def write_case(labels: np.ndarray, image: sitk.Image, output: Path) -> float:
+    """Write a case's labels (atomically); returns the seconds it took."""
     start = time.perf_counter()
-    try:
-        write_labels(labels, image, out_dir / f"{case_name(path)}.nii.gz")
-    except OSError as e:  # e.g. the output folder is full or not writable
-        raise OSError(f"{path}: cannot write its labels ({e})") from e
+    write_labels(labels, image, output)
     return time.perf_counter() - start
 
 
-def timings_record(
-    segmenter: Segmenter, path: Path, volume: np.ndarray, result: Result, read: float
-) -> dict:
+def timings_record(segmenter: Segmenter, path: Path, loaded: Loaded, result: Result) -> dict:
     """A case's ``--timings`` line so far; ``write`` and ``total`` come once it is written."""
     return {
         "case": case_name(path),
-        "shape": list(volume.shape),
+        "shape": list(loaded.volume.shape),
         "providers": segmenter.providers,
         "roi_source": result.region,
-        "read": read,
+        "warnings": loaded.warnings,
+        "read": loaded.seconds,
         **result.timings,
     }
 
 
 def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
     """Segment one file and write its labels, one step after another; its timings record."""
-    image, volume, read = read_case(path)
-    result = segmenter.segment(volume, image.GetSpacing(), image.GetDirection())
-    write = write_case(result.labels, image, path, out_dir)
-    record = {**timings_record(segmenter, path, volume, result, read), "write": write}
+    loaded = read_case(path, segmenter.network_sides)
+    result = segmenter.segment(
+        loaded.volume, loaded.image.GetSpacing(), loaded.image.GetDirection()
+    )
+    write = write_case(result.labels, loaded.image, out_dir / f"{case_name(path)}.nii.gz")
+    record = {**timings_record(segmenter, path, loaded, result), "write": write}
     return {**record, "total": sum(record[k] for k in STAGES)}
 
 
-def finish_write(writing: tuple[Future, dict] | None, timings: Path | None) -> int:
-    """Wait for a case's write; log its timings, or report it. Returns the number failed."""
-    if writing is None:
-        return 0
-    future, record = writing
-    try:
-        record["write"] = future.result()
-    except OSError as e:
-        print(f"ERROR {e}", file=sys.stderr)
-        return 1
-    record["total"] = sum(record[k] for k in STAGES)
-    if timings:
-        with open(timings, "a") as f:
-            f.write(json.dumps(record) + "\n")
-    return 0
+def describe(e: BaseException) -> str:
+    """An exception as the reason part of an ERROR line."""
+    if isinstance(e, MemoryError):
+        return "out of memory"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__
+
+
+class Stopped(BaseException):
+    """SIGTERM arrived (``docker stop``). Not an Exception, so no case handler swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+class Batch:
+    """Runs the cases in order: one I/O thread reads the next case and writes the last while a
+    compute thread runs the networks (ONNX Runtime releases the GIL), so in a batch read and
+    write time is hidden. The calling thread only waits, so a signal reaches it at once."""
+
+    def __init__(self, segmenter: Segmenter, cases: list[Case], timings: Path | None) -> None:
+        self.segmenter, self.cases, self.timings = segmenter, cases, timings
+        self.failed = 0
+        self.written = 0
+        self.tty = sys.stderr.isatty()
+
+    def run(self) -> None:
+        io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
+        compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        try:
+            self._loop(io, compute)
+        except BaseException:
+            # Stopped or interrupted: end the networks' run, drop queued reads and writes; the
+            # write under way finishes (its temporary file is renamed or removed).
+            self.segmenter.stop()
+            io.shutdown(wait=True, cancel_futures=True)
+            compute.shutdown(wait=True, cancel_futures=True)
+            raise
+        io.shutdown()
+        compute.shutdown()
+
+    def _loop(self, io: ThreadPoolExecutor, compute: ThreadPoolExecutor) -> None:
+        sides = self.segmenter.network_sides
+        reading = io.submit(read_case, self.cases[0].source, sides)
+        writing: tuple[Future, Case, dict] | None = None
+        for n, case in enumerate(self.cases):
+            if self.tty:
+                print(f"[{n + 1}/{len(self.cases)}] {case.source.name}", file=sys.stderr)
+            loaded = self._wait_read(reading, case)
+            if n + 1 < len(self.cases):
+                reading = io.submit(read_case, self.cases[n + 1].source, sides)
+            done = None if loaded is None else self._segment(compute, case, loaded)
+            self._finish_write(writing)
+            writing = None
+            if done is not None:
+                labels, record = done
+                writing = (io.submit(write_case, labels, loaded.image, case.output), case, record)
+        self._finish_write(writing)
+
+    def _wait_read(self, reading: Future, case: Case) -> Loaded | None:
+        try:
+            loaded = reading.result()
+        except InputError as e:
+            self._error(str(e))
+            return None
+        except Exception as e:  # anything else that reading this one file raised
+            self._error(f"{case.source}: cannot read it ({describe(e)})", e)
+            return None
+        if loaded.warnings:
+            print(
+                f"WARNING {case.source}: does not look like an abdominal CT: "
+                f"{'; '.join(loaded.warnings)}; segmented anyway",
+                file=sys.stderr,
+            )
+        return loaded
+
+    def _segment(
+        self, compute: ThreadPoolExecutor, case: Case, loaded: Loaded
+    ) -> tuple[np.ndarray, dict] | None:
+        """The case's labels and timings record; None (and its ERROR line) if it failed."""
+        image = loaded.image
+        job = compute.submit(
+            self.segmenter.segment, loaded.volume, image.GetSpacing(), image.GetDirection()
+        )
+        try:
+            result = job.result()
+        except Exception as e:  # one case's failure (ORT error, memory, a bug) is its own
+            self._error(f"{case.source}: segmentation failed ({describe(e)})", e)
+            return None
+        return result.labels, timings_record(self.segmenter, case.source, loaded, result)
+
+    def _finish_write(self, writing: tuple[Future, Case, dict] | None) -> None:
+        if writing is None:
+            return
+        future, case, record = writing
+        try:
+            record["write"] = future.result()
+        except Exception as e:
+            self._error(f"{case.source}: cannot write its labels ({describe(e)})", e)
+            return
+        record["total"] = sum(record[k] for k in STAGES)
+        self.written += 1
+        shape = "x".join(map(str, record["shape"]))
+        print(
+            f"done {case.output.name}: {shape} voxels (z, y, x), region {record['roi_source']}, "
+            f"{record['total']:.1f} s [{self.written + self.failed}/{len(self.cases)}]",
+            file=sys.stderr,
+        )
+        if self.timings:
+            with open(self.timings, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _error(self, line: str, e: BaseException | None = None) -> None:
+        self.failed += 1
+        print(f"ERROR {line}", file=sys.stderr)
+        if e is not None and not isinstance(e, OSError | InputError):
+            log.info("".join(traceback.format_exception(e)).rstrip())  # -v shows the cause
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,48 +250,58 @@ def main(argv: list[str] | None = None) -> int:
     # ONNX Runtime warns once per convolution that the CUDA provider runs cuDNN's default
     # algorithm (our choice, inference.sessions): hundreds of lines per case. Errors still show.
     ort.set_default_logger_severity(2 if args.verbose else 3)
+    # As PID 1 in a container, a process that has no SIGTERM handler ignores `docker stop`
+    # and is killed 10 s later, mid-write.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main else None
+    batches: list[Batch] = []
+    try:
+        return _run(args, batches)
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        done = f": {batches[0].written} of {len(batches[0].cases)} cases written" if batches else ""
+        print(f"stopped by {signal.Signals(signum).name}{done}, none partial", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace, batches: list[Batch]) -> int:
     if not args.input.is_dir():
         print(f"error: {args.input}: not a folder", file=sys.stderr)
         return 2
     inputs = find_inputs(args.input)
-    if not inputs:
+    try:
+        plan = plan_batch(inputs, args.output)
+        if plan.cases or plan.errors:
+            prepare_output_folder(args.output)
+    except PlanError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in plan.skipped:
+        log.info("%s: skipped, a label map written by this tool", path)
+    if not plan.cases and not plan.errors:
+        ours = f" ({len(plan.skipped)} of our own label maps skipped)" if plan.skipped else ""
         print(
-            f"error: {args.input}: no input images (*{', *'.join(('.nii.gz', '.mha'))}, ...)",
+            f"error: {args.input}: no input images (*.nii.gz, *.nii, *.mha, *.mhd, *.nrrd, "
+            f"*.nhdr or DICOM folders){ours}",
             file=sys.stderr,
         )
         return 2
-    args.output.mkdir(parents=True, exist_ok=True)
+    for line in plan.errors:
+        print(f"ERROR {line}", file=sys.stderr)
+    if not plan.cases:
+        return 1
     try:
         segmenter = Segmenter(args.weights, args.device)
     except (DeviceError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    failed = 0
-    # One I/O thread reads the next case and writes the previous one while this thread runs the
-    # networks (ONNX Runtime releases the GIL), so in a batch read and write time is hidden.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="io") as io:
-        reading = io.submit(read_case, inputs[0])
-        writing: tuple[Future, dict] | None = None
-        for n, path in enumerate(inputs):
-            if sys.stderr.isatty():
-                print(f"[{n + 1}/{len(inputs)}] {path.name}", file=sys.stderr)
-            try:
-                image, volume, read = reading.result()
-            except InputError as e:
-                print(f"ERROR {e}", file=sys.stderr)
-                failed += 1
-                image = None
-            if n + 1 < len(inputs):
-                reading = io.submit(read_case, inputs[n + 1])
-            if image is not None:
-                result = segmenter.segment(volume, image.GetSpacing(), image.GetDirection())
-                record = timings_record(segmenter, path, volume, result, read)
-            failed += finish_write(writing, args.timings)
-            writing = None
-            if image is not None:
-                writing = (io.submit(write_case, result.labels, image, path, args.output), record)
-        failed += finish_write(writing, args.timings)
-    return 1 if failed else 0
+    batch = Batch(segmenter, plan.cases, args.timings)
+    batches.append(batch)
+    batch.run()
+    return 1 if batch.failed or plan.errors else 0
 
 
 if __name__ == "__main__":

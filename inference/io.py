@@ -5,6 +5,7 @@ import math
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,31 +13,70 @@ import SimpleITK as sitk
 
 SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 MAX_SPACING_MM = 100.0  # no CT has voxels a decimetre deep: such a header is broken
+# How deep below the input folder DICOM series are looked for: patient/study/series is 3.
+MAX_DICOM_DEPTH = 4
+# Written into the NIfTI header's description of every label map we write, so that a later
+# run over a folder holding both CTs and our outputs skips the outputs instead of segmenting
+# them (or calling them a clash with the CT they came from).
+OUTPUT_MARK = "flare22 labels (python -m inference)"
+
+# Bytes per voxel of each scalar pixel type ITK reads.
+_BYTES = {
+    sitk.sitkUInt8: 1,
+    sitk.sitkInt8: 1,
+    sitk.sitkUInt16: 2,
+    sitk.sitkInt16: 2,
+    sitk.sitkUInt32: 4,
+    sitk.sitkInt32: 4,
+    sitk.sitkFloat32: 4,
+}
 
 
 class InputError(ValueError):
     """An input that cannot be segmented; the message names the file and the reason."""
 
 
+def is_image_file(path: Path) -> bool:
+    return path.name.lower().endswith(SUFFIXES) and path.is_file()
+
+
 def dicom_series(folder: Path) -> list[str]:
     """Series instance UIDs of the DICOM files directly in ``folder``."""
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    # GDCM warns on stderr for every folder without DICOM: such folders are simply not cases.
+    if not any(p.is_file() and not p.name.lower().endswith(SUFFIXES) for p in folder.iterdir()):
+        return []  # only images (or nothing): no need to ask GDCM, which is slower
+    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
 
 
 def find_inputs(folder: Path) -> list[Path]:
-    """Image files in ``folder`` and its sub-folders holding DICOM, sorted by name.
+    """The cases in ``folder``, sorted: its image files and the folders holding DICOM.
 
-    Not recursive beyond one level; hidden entries are skipped.
+    ``folder`` itself is one case when it holds a DICOM series. Otherwise image files count
+    directly in it, and DICOM folders at any depth up to ``MAX_DICOM_DEPTH`` (the common
+    patient/study/series export); folders without DICOM are passed over, and nothing below a
+    DICOM folder is searched. Hidden entries are skipped.
     """
+    if dicom_series(folder):
+        return [folder]
+    found = [p for p in folder.iterdir() if not p.name.startswith(".") and is_image_file(p)]
+    return sorted(found + _dicom_folders(folder, MAX_DICOM_DEPTH))
+
+
+def _dicom_folders(folder: Path, depth: int) -> list[Path]:
     found = []
-    for p in folder.iterdir():
-        if p.name.startswith("."):
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
             continue
-        if p.is_file() and p.name.lower().endswith(SUFFIXES):
+        if dicom_series(p):
             found.append(p)
-        elif p.is_dir() and dicom_series(p):
-            found.append(p)
-    return sorted(found)
+        elif depth > 1:
+            found += _dicom_folders(p, depth - 1)
+    return found
 
 
 def case_name(path: Path) -> str:
@@ -52,33 +92,79 @@ def case_name(path: Path) -> str:
     return name.removesuffix("_0000")
 
 
-def _read_series(folder: Path) -> sitk.Image:
-    series = dicom_series(folder)
-    if len(series) != 1:
-        raise InputError(f"{folder}: holds {len(series)} DICOM series, expected one")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return reader.Execute()
+@dataclass(frozen=True)
+class Header:
+    """What an input's header says, read without its voxels."""
+
+    path: Path
+    size: tuple[int, ...]  # ITK order: x, y, z
+    bytes_per_voxel: int  # of the array ITK will read (8 for types not listed in _BYTES)
+    description: str = ""  # the NIfTI header's description field
+    dicom_files: tuple[str, ...] = ()  # a DICOM folder's slices, in order
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.size)
+
+    @property
+    def is_our_output(self) -> bool:
+        return self.description.startswith(OUTPUT_MARK)
 
 
-def read_ct(path: Path) -> sitk.Image:
-    """Read and validate a 3D scalar CT; raises ``InputError`` naming the file and reason."""
+def _itk_reason(e: RuntimeError) -> str:
+    """The last line of an ITK exception's message: the one that says what went wrong."""
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "unreadable"
+
+
+def read_header(path: Path) -> Header:
+    """An input's size and voxel type from its header alone (a DICOM folder: its first slice
+    and the number of slices); ``InputError`` for what is not a 3D scalar image."""
+    files: tuple[str, ...] = ()
+    if path.is_dir():
+        series = dicom_series(path)
+        if len(series) != 1:
+            raise InputError(f"{path}: holds {len(series)} DICOM series, expected one")
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0] if files else str(path))
     try:
-        image = _read_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as e:
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        reason = lines[-1].strip() if lines else "unreadable"
-        raise InputError(f"{path}: cannot read image ({reason})") from e
+        raise InputError(f"{path}: cannot read image ({_itk_reason(e)})") from e
+    size = reader.GetSize()
+    if files:
+        size = (*size[:2], len(files))
+    _check_shape(path, len(size), reader.GetNumberOfComponents(), size)
+    description = reader.GetMetaData("descrip") if reader.HasMetaDataKey("descrip") else ""
+    return Header(path, size, _BYTES.get(reader.GetPixelID(), 8), description, files)
+
+
+def _check_shape(path: Path, dimension: int, components: int, size: tuple[int, ...]) -> None:
+    if dimension != 3:
+        raise InputError(f"{path}: {dimension}D image, expected a 3D volume")
+    if components != 1:
+        raise InputError(f"{path}: {components} components per voxel, expected a scalar CT")
+    if min(size) < 2:
+        raise InputError(f"{path}: size {size} has an axis under 2 voxels")
+
+
+def read_ct(path: Path, header: Header | None = None) -> sitk.Image:
+    """Read and validate a 3D scalar CT; raises ``InputError`` naming the file and reason.
+
+    ``header`` (from ``read_header``) saves reading the header, or listing a DICOM folder,
+    again.
+    """
+    header = header or read_header(path)
+    try:
+        if header.dicom_files:
+            image = sitk.ReadImage(list(header.dicom_files))
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise InputError(f"{path}: cannot read image ({_itk_reason(e)})") from e
     check_gzip_complete(path)
-    if image.GetDimension() != 3:
-        raise InputError(f"{path}: {image.GetDimension()}D image, expected a 3D volume")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(
-            f"{path}: {image.GetNumberOfComponentsPerPixel()} components per voxel, "
-            "expected a scalar CT"
-        )
-    if min(image.GetSize()) < 2:
-        raise InputError(f"{path}: size {image.GetSize()} has an axis under 2 voxels")
+    _check_shape(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
     spacing = image.GetSpacing()
     if not all(math.isfinite(s) and 0 < s <= MAX_SPACING_MM for s in spacing):
         raise InputError(f"{path}: spacing {spacing} mm is not in (0, {MAX_SPACING_MM:g}]")
@@ -139,6 +225,7 @@ def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path) -> None:
     """Write uint8 ``(z, y, x)`` labels with the reference's geometry; appears atomically."""
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(reference)
+    out.SetMetaData("ITK_FileNotes", OUTPUT_MARK)  # NIfTI writes it as the description
     # ITK picks the writer by the name's ending, so the temporary name keeps it.
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{''.join(path.suffixes)}")
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import EPFail, Fail, RuntimeException
 
 from .components import keep_components
 from .hu import as_int16_hu
@@ -22,6 +23,13 @@ class DeviceError(RuntimeError):
     """The requested execution provider is not available."""
 
 
+# What ONNX Runtime raises when the CUDA provider is there but cannot run (no GPU visible, a
+# driver too old for the CUDA it was built with).
+ORT_ERRORS = (EPFail, Fail, RuntimeException)
+# onnxruntime-gpu 1.27+ is built with CUDA 13, whose Linux driver minimum is 580.
+GPU_FIX = "run the container with --gpus all and an NVIDIA driver 580 or newer (CUDA 13)"
+
+
 @dataclass
 class Stage:
     session: ort.InferenceSession
@@ -31,6 +39,10 @@ class Stage:
     def run(self, image: np.ndarray) -> np.ndarray:
         feeds = {"image": np.ascontiguousarray(image)}
         return self.session.run(None, feeds, self.run_options)[0]
+
+    def stop(self) -> None:
+        """End a run in progress (from another thread) at ONNX Runtime's next node."""
+        self.run_options.terminate = True
 
 
 def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
@@ -69,12 +81,38 @@ class Segmenter:
     def __init__(
         self, weights: Path, device: str = "auto", config: RuntimeConfig | None = None
     ) -> None:
-        """``config`` (the benchmarks' hook) overrides the project's choices for the device."""
+        """``config`` (the benchmarks' hook) overrides the project's choices for the device.
+
+        ``device="auto"`` takes the GPU when ONNX Runtime has the CUDA provider and it really
+        runs; when it doesn't (the GPU image run without a GPU, a driver too old), it logs one
+        warning with the reason and the fix and takes the CPU graphs. ``"cuda"`` raises then.
+        """
         self.device = config.device if config else pick_device(device)
         config = config or RuntimeConfig.for_device(self.device)
-        self.coarse = load_stage(weights, "coarse", config)
-        self.fine = load_stage(weights, "fine", config)
+        try:
+            self.coarse = load_stage(weights, "coarse", config)
+            self.fine = load_stage(weights, "fine", config)
+        except (DeviceError, *ORT_ERRORS) as e:
+            if device != "auto" or self.device != "cuda":
+                raise
+            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            log.warning(
+                "no usable GPU (%s); running the CPU graphs. For the GPU: %s", reason, GPU_FIX
+            )
+            self.device, config = "cpu", RuntimeConfig.for_device("cpu")
+            self.coarse = load_stage(weights, "coarse", config)
+            self.fine = load_stage(weights, "fine", config)
         self.providers = self.coarse.session.get_providers()
+
+    @property
+    def network_sides(self) -> tuple[int, int]:
+        """The cube side each stage's network sees (for the memory estimate)."""
+        return self.coarse.info.input_size, self.fine.info.input_size
+
+    def stop(self) -> None:
+        """End the networks' work in progress (from another thread); the run raises."""
+        self.coarse.stop()
+        self.fine.stop()
 
     def segment(
         self, volume: np.ndarray, spacing_xyz: tuple[float, ...], direction: tuple[float, ...]

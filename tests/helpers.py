@@ -41,3 +41,31 @@ def reoriented(image: sitk.Image, o: Orientation) -> sitk.Image:
     z, y, x = np.unravel_index(index, array.shape)
     out.SetOrigin(image.TransformIndexToPhysicalPoint((int(x), int(y), int(z))))
     return out
+
+
+def write_dicom_series(image: sitk.Image, folder, number: int = 1) -> None:
+    """Write a 3D int16 image as DICOM CT series ``number``, one file per slice."""
+    folder.mkdir(parents=True, exist_ok=True)
+    d = image.GetDirection()
+    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    series = f"1.2.826.0.1.3680043.2.1125.1.42424{number}"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(image.GetDepth()):
+        s = image[:, :, z]
+        position = image.TransformIndexToPhysicalPoint((0, 0, z))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.4242",
+            "0020|000e": series,
+            "0020|0037": orientation,
+            "0020|0032": "\\".join(map(str, position)),
+            "0020|0013": str(z + 1),
+            "0008|0018": f"{series}.{z + 1}",
+            "0018|0050": str(image.GetSpacing()[2]),
+            "0028|0030": f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}",
+        }
+        for key, value in tags.items():
+            s.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"series{number}_slice{z:04d}.dcm"))
+        writer.Execute(s)

@@ -10,7 +10,12 @@ import SimpleITK as sitk
 
 from inference.__main__ import main as infer_main
 from inference.orientation import Orientation
-from tests.helpers import ROOT, SAMPLE_CT, reoriented
+from tests.helpers import ROOT, SAMPLE_CT, reoriented, write_dicom_series
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The ERROR lines of a run's stderr (progress and warning lines left out)."""
+    return [line for line in stderr.splitlines() if line.startswith("ERROR ")]
 
 
 def run(small_weights, inputs, outputs, *extra):
@@ -78,7 +83,7 @@ def test_bad_inputs_are_reported_and_skipped(small_weights, tmp_path, capsys):
     before["two_series"] = b""
 
     assert run(small_weights, inputs, outputs) == 1
-    errors = capsys.readouterr().err.strip().splitlines()
+    errors = error_lines(capsys.readouterr().err)
     bad = sorted(set(before) - {"good_0000.nii.gz"})
     assert len(errors) == len(bad)
     for name, line in zip(bad, sorted(errors, key=lambda e: e.split(":")[0]), strict=True):
@@ -133,34 +138,6 @@ def test_reoriented_test_images_hold_the_same_anatomy():
         assert turned[index] == image[original]
 
 
-def write_dicom_series(image: sitk.Image, folder, number: int = 1) -> None:
-    """Write a 3D int16 image as DICOM CT series ``number``, one file per slice."""
-    folder.mkdir(exist_ok=True)
-    d = image.GetDirection()
-    orientation = "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    series = f"1.2.826.0.1.3680043.2.1125.1.42424{number}"
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z in range(image.GetDepth()):
-        s = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        tags = {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.4242",
-            "0020|000e": series,
-            "0020|0037": orientation,
-            "0020|0032": "\\".join(map(str, position)),
-            "0020|0013": str(z + 1),
-            "0008|0018": f"{series}.{z + 1}",
-            "0018|0050": str(image.GetSpacing()[2]),
-            "0028|0030": f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}",
-        }
-        for key, value in tags.items():
-            s.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"series{number}_slice{z:04d}.dcm"))
-        writer.Execute(s)
-
-
 def test_a_folder_holding_a_dicom_series_is_a_case(small_weights, tmp_path):
     inputs, outputs = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
@@ -184,8 +161,8 @@ def test_an_unwritable_output_is_reported_and_the_batch_goes_on(small_weights, t
         shutil.copy(SAMPLE_CT, inputs / name)
     (outputs / "a.nii.gz").mkdir(parents=True)  # a folder where a's labels should go
     assert run(small_weights, inputs, outputs) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ERROR ") and "a_0000.nii.gz" in err[0]
+    err = error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and "a_0000.nii.gz" in err[0]
     assert (outputs / "b.nii.gz").is_file()
     assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "b.nii.gz"]
 
@@ -201,15 +178,15 @@ def test_a_batch_reads_ahead_and_writes_behind_in_order(
         shutil.copy(SAMPLE_CT, inputs / name)
     read_ct = cli.read_ct
 
-    def flaky_read(path):  # b becomes unreadable after the folder was listed
+    def flaky_read(path, *args):  # b becomes unreadable after the folder was listed
         if path.name.startswith("b_"):
             raise PermissionError(13, "Permission denied")
-        return read_ct(path)
+        return read_ct(path, *args)
 
     monkeypatch.setattr(cli, "read_ct", flaky_read)
     timings = tmp_path / "t.jsonl"
     assert run(small_weights, inputs, outputs, "--timings", str(timings)) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert err == [f"ERROR {inputs / 'b_0000.nii.gz'}: cannot read it (Permission denied)"]
     assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "c.nii.gz"]
     records = [json.loads(line) for line in timings.read_text().splitlines()]

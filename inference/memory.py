@@ -1,0 +1,93 @@
+"""Will a case fit in memory? An estimate from its header, made before its voxels are read.
+
+A scan whose header declares more voxels than the machine can hold (a decompression bomb: a
+small ``.nii.gz`` of a huge, mostly empty volume; or simply a very large scan on a small
+machine) would otherwise be killed by the kernel mid-batch, taking the remaining cases with it.
+"""
+
+import os
+from pathlib import Path
+
+from .io import Header
+
+# Host memory of the pipeline per source voxel beyond the input array itself (int16 HU and
+# canonical copies, the coarse graph's fp32 cast, the uint8 labels, and when the fine crop is
+# the whole volume its crop-size maps), fitted to the peak RSS of ``python -m inference`` on
+# the CPU (benchmarks/pipeline.py, int16 inputs of 134, 300 and 600 x 512 x 512: 2536, 3012,
+# 4200 MiB, slope 11.5-14.3 bytes per voxel).
+PIPELINE_BYTES_PER_VOXEL = 14
+# A network's activations per voxel of its input cube on the CPU (fp32, ONNX Runtime): the fine
+# network at 192³ peaked at 1931 MiB (~290 B), the coarse at 160³ at 1271 MiB (~325 B). The
+# arenas shrink after each run, so the larger stage sets the peak. On a GPU the activations
+# live on the device and this overestimates the host's needs.
+NETWORK_BYTES_PER_VOXEL = 330
+
+
+def estimated_peak_bytes(header: Header, network_sides: tuple[int, ...]) -> int:
+    """The process's peak memory for one case of ``header``'s size and voxel type."""
+    networks = NETWORK_BYTES_PER_VOXEL * max(side**3 for side in network_sides)
+    return networks + header.voxels * (header.bytes_per_voxel + PIPELINE_BYTES_PER_VOXEL)
+
+
+def available_bytes() -> int | None:
+    """Memory this process may still take: the system's available memory, bounded by a cgroup
+    (container) limit when there is one; None where neither can be read (not Linux)."""
+    limits = [v for v in (_meminfo_available(), _cgroup_headroom()) if v is not None]
+    return min(limits) if limits else None
+
+
+def memory_error(header: Header, network_sides: tuple[int, ...]) -> str | None:
+    """Why ``header``'s case would not fit in memory, or None when it fits (or can't be told)."""
+    available = available_bytes()
+    if available is None:
+        return None
+    # What the process already holds (sessions, another case being written) stays held.
+    need = estimated_peak_bytes(header, network_sides) - _rss_bytes()
+    if need <= available:
+        return None
+    shape = "x".join(str(n) for n in reversed(header.size))
+    return (
+        f"{header.path}: needs about {_gib(need)} GiB of memory ({shape} voxels of "
+        f"{header.bytes_per_voxel} bytes) but {_gib(available)} GiB are available; "
+        "not segmented"
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}"
+
+
+def _meminfo_available(path: Path = Path("/proc/meminfo")) -> int | None:
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_headroom(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Limit minus usage of this process's memory cgroup (v2, then v1); None if unlimited."""
+    for limit_file, usage_file in (
+        ("memory.max", "memory.current"),
+        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        # v2 writes "max" when unlimited; v1 a number near 2^63.
+        if limit == "max" or int(limit) >= 2**60:
+            return None
+        return int(limit) - usage
+    return None
+
+
+def _rss_bytes() -> int:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
