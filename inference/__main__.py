@@ -35,7 +35,7 @@ import SimpleITK as sitk
 
 from .io import InputError, case_name, find_inputs, hu_array, read_ct, read_header, write_labels
 from .memory import memory_error
-from .pipeline import DeviceError, Result, Segmenter
+from .pipeline import ORT_ERRORS, DeviceError, Result, Segmenter
 from .plan import Case, PlanError, plan_batch, prepare_output_folder
 from .plausibility import plausibility_warnings
 
@@ -295,7 +295,7 @@ def _run(args: argparse.Namespace, batches: list[Batch]) -> int:
         return 1
     try:
         segmenter = Segmenter(args.weights, args.device)
-    except (DeviceError, OSError, ValueError) as e:
+    except (DeviceError, OSError, ValueError, *ORT_ERRORS) as e:  # e.g. a corrupt graph file
         print(f"error: {e}", file=sys.stderr)
         return 2
     batch = Batch(segmenter, plan.cases, args.timings)

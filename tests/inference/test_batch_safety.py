@@ -222,7 +222,14 @@ def test_a_stopped_run_ends_fast_and_leaves_nothing_partial(tmp_path, signum):
         write(small_ct(), inputs / f"{name}_0000.nii.gz")
     # The shipped weights, so that the signal comes while the networks run (seconds a case).
     cmd = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(outputs)]
-    child = subprocess.Popen([*cmd, "--device", "cpu"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [*cmd, "--device", "cpu"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background jobs inherit SIGINT ignored, and Python keeps it so.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(4)
     sent = time.monotonic()
     child.send_signal(signum)
