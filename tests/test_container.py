@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -150,3 +151,52 @@ def test_container_segments_the_bundled_case_like_the_cli(tmp_path):
         ["docker", "run", "--rm", tag, "python3", "-c", "import torch"], capture_output=True
     )
     assert no_torch.returncode != 0
+
+    # What `docker run -v` creates for a missing outputs path belongs to root: the container's
+    # uid 1000 can't write there, and must say so at once rather than after both networks.
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o755)
+    volumes = ["-v", f"{inputs}/:/workspace/inputs/"]
+    flare = [tag, "/bin/bash", "-c", "sh predict.sh"]
+    done = subprocess.run(
+        [
+            "docker",
+            "container",
+            "run",
+            "--rm",
+            *volumes,
+            "-v",
+            f"{locked}/:/workspace/outputs/",
+            *flare,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "uid 1000" in done.stderr
+    assert list(locked.iterdir()) == []
+
+    # docker stop: python is the container's PID 1, which ignores SIGTERM without a handler
+    # (docker would kill it 10 s later, mid-write). Stopped mid-case, nothing partial is left.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir(mode=0o777)
+    stopped.chmod(0o777)
+    cid = docker(
+        "container",
+        "run",
+        "-d",
+        *volumes,
+        "-v",
+        f"{stopped}/:/workspace/outputs/",
+        *flare,
+    ).stdout.strip()
+    time.sleep(4)  # imports and sessions take about a second; the case about ten on 2 CPUs
+    start = time.monotonic()
+    docker("container", "stop", "-t", "10", cid)
+    took = time.monotonic() - start
+    state = docker("container", "inspect", "-f", "{{.State.ExitCode}}", cid).stdout.strip()
+    logs = docker("container", "logs", cid).stderr
+    docker("container", "rm", cid)
+    assert state == "143", logs
+    assert took < 5 and logs.strip().splitlines()[-1].startswith("stopped by SIGTERM"), logs
+    assert [p.name for p in stopped.iterdir() if p.name.startswith(".")] == []
