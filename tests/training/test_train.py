@@ -71,8 +71,10 @@ def test_supervised_iterations_lower_the_loss(cache, tmp_path):
     assert (tmp_path / "coarse" / "config.json").exists()
 
 
-# The CPU recipe's options: patches at random scales (resized to 32^3), Dice + BCE, bf16.
-PATCHES = ["--patch-size", "32", "--patch-scale", "0.75", "1.33", "--bce-weight", "1", "--cpu-bf16"]
+# The CPU recipe's options: patches at random scales (resized to 32^3), Dice + BCE. Without its
+# --cpu-bf16: bf16 autocast is not bitwise repeatable on every CPU (the same run twice differed
+# on an AVX512-BF16 CPU, one thread or two), so an exact resume can only be asked of fp32.
+PATCHES = ["--patch-size", "32", "--patch-scale", "0.75", "1.33", "--bce-weight", "1"]
 
 
 @pytest.mark.parametrize("extra", [[], PATCHES], ids=["whole", "patches"])
