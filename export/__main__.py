@@ -3,6 +3,7 @@
 python -m export --checkpoint coarse.pt fine.pt --out weights/
 python -m export --init random --seed 0 --out weights/
 python -m export --check weights/ [--image ct.nii.gz]
+python -m export --derive weights/ [--precision fp16]   # fp16 graphs from the stored fp32 ones
 """
 
 import argparse
@@ -35,6 +36,7 @@ from .check import (
     check_weights,
     random_cases,
 )
+from .derive import SOURCE_PRECISION, derive_graphs
 from .onnx_file import export_stage, project_version, write_manifest
 
 SAMPLE_CT = (
@@ -102,6 +104,22 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_derive(args: argparse.Namespace) -> int:
+    precisions = [p for p in args.precision if p != SOURCE_PRECISION] or ["fp16"]
+    differ = 0
+    for precision in precisions:
+        for d in derive_graphs(args.derive, precision, args.out):
+            same = d.matches_manifest
+            verdict = {
+                True: "byte-identical to manifest.json's",
+                False: "DIFFERS from manifest.json's sha256 (another torch or onnx version?)",
+                None: "not in manifest.json",
+            }[same]
+            print(f"{d.path}  from {d.source.name}: {verdict}")
+            differ += same is False
+    return 0 if not differ else 1
+
+
 def run_check(args: argparse.Namespace) -> int:
     cases = random_cases(args.seed, RANDOM_SHAPES)
     image = args.image or SAMPLE_CT
@@ -142,6 +160,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     what.add_argument("--init", choices=["random"], help="export untrained networks")
     what.add_argument(
+        "--derive",
+        type=Path,
+        metavar="DIR",
+        help="write DIR's fp16 graphs from its stored fp32 graphs (into --out, default DIR)",
+    )
+    what.add_argument(
         "--check", type=Path, metavar="DIR", help="compare the graphs in DIR with torch"
     )
     p.add_argument("--out", type=Path, help="folder to write the graphs to")
@@ -167,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--image", type=Path, help="check: a CT to check on (default: bundled sample)")
     args = p.parse_args(argv)
-    if args.check is None and args.out is None:
+    if args.check is None and args.derive is None and args.out is None:
         p.error("--out is required when exporting")
     return args
 
@@ -176,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
+        if args.derive:
+            return run_derive(args)
         return run_check(args) if args.check else run_export(args)
     except (CheckpointError, ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
