@@ -32,6 +32,11 @@ RUN pip install --no-cache-dir --disable-pip-version-check -r "/tmp/requirements
 WORKDIR /workspace
 COPY inference/ /workspace/inference/
 COPY weights/ /workspace/weights/
+# Git stores the fp32 graphs only; the GPU image runs fp16 graphs derived from them.
+RUN if [ "$REQUIREMENTS" = gpu.txt ] && [ ! -f /workspace/weights/fine_fp16.onnx ]; then \
+        echo "weights/ has no fp16 graphs for the GPU image: run 'make gpu-weights' first" >&2; \
+        exit 1; \
+    fi
 COPY predict.sh /workspace/predict.sh
 
 RUN useradd --create-home --uid 1000 flare

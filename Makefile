@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench weights weights-report clean
+.PHONY: demo test lint bench weights weights-report gpu-weights clean
 
 $(VENV)/installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ weights: $(VENV)/installed
 	done; \
 	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; exit $$failed
 	$(PY) -m export --checkpoint build/ts_train/coarse/last.pt build/ts_train/fine/last.pt --out weights
+
+# The fp16 graphs the GPU image runs, derived from the fp32 graphs git stores (byte-identical
+# to an export from the training checkpoints; it says so against manifest.json). Before
+# `docker build` of the GPU image.
+gpu-weights: $(VENV)/installed
+	$(PY) -m export --derive weights --precision fp16
 
 # DSC and NSD of WEIGHTS on the training patient and on the held-out one (a DICOM series),
 # written into WEIGHTS/MODEL_CARD.md.

@@ -49,7 +49,10 @@ def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
     """The stage graph of ``config.precision`` as a session on ``config.device``."""
     path = weights / graph_filename(stage, config.precision)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such stage graph (python -m export writes them)")
+        how = "python -m export writes them"
+        if config.precision == "fp16":  # git stores the fp32 graphs only
+            how = f"derive them from the fp32 graphs: python -m export --derive {weights}"
+        raise FileNotFoundError(f"{path}: no such stage graph ({how})")
     session = ort.InferenceSession(
         str(path), config.session_options(), providers=config.providers()
     )
@@ -92,13 +95,16 @@ class Segmenter:
         try:
             self.coarse = load_stage(weights, "coarse", config)
             self.fine = load_stage(weights, "fine", config)
-        except (DeviceError, *ORT_ERRORS) as e:
+        except (DeviceError, FileNotFoundError, *ORT_ERRORS) as e:
             if device != "auto" or self.device != "cuda":
                 raise
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-            log.warning(
-                "no usable GPU (%s); running the CPU graphs. For the GPU: %s", reason, GPU_FIX
-            )
+            if isinstance(e, FileNotFoundError):  # the GPU works; its fp16 graphs are missing
+                log.warning("no fp16 graphs for the GPU: %s; running the CPU graphs", reason)
+            else:
+                log.warning(
+                    "no usable GPU (%s); running the CPU graphs. For the GPU: %s", reason, GPU_FIX
+                )
             self.device, config = "cpu", RuntimeConfig.for_device("cpu")
             self.coarse = load_stage(weights, "coarse", config)
             self.fine = load_stage(weights, "fine", config)

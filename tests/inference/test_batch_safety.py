@@ -360,3 +360,17 @@ def test_dicom_layouts_are_found(small_weights, tmp_path, capfd):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["series1.nii.gz"]
     assert run(small_weights, series, tmp_path / "out2") == 0
     assert [p.name for p in (tmp_path / "out2").iterdir()] == ["series1.nii.gz"]
+
+
+@ignore_no_cuda
+def test_auto_without_fp16_graphs_runs_the_cpu_graphs_and_says_how(
+    small_weights, monkeypatch, caplog
+):
+    # Git stores the fp32 graphs only; on a GPU machine the fp16 ones must be derived first.
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(inference.pipeline.ort, "get_available_providers", lambda: cuda)
+    with caplog.at_level(logging.WARNING):
+        assert Segmenter(small_weights, "auto").device == "cpu"
+    assert "no fp16 graphs" in caplog.text and "python -m export --derive" in caplog.text
+    with pytest.raises(FileNotFoundError, match="--derive"):
+        Segmenter(small_weights, "cuda")
