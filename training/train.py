@@ -313,6 +313,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
 
         if rank == 0:
             extra = {"config": cfg.to_dict(), "epoch": epoch + 1, "best_dice": best}
+            if device.type == "cuda":  # what the stage needs on a GPU (training.burst reports it)
+                extra["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
             if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
                 dice = validate(raw_net, val_set, range(len(val_set)), cfg, device, t.autocast())
                 mean = float(np.nanmean(dice)) if not np.isnan(dice).all() else 0.0
