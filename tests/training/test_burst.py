@@ -65,3 +65,11 @@ def test_a_stage_still_running_at_the_time_limit_is_stopped(tmp_path):
 def test_unpack_without_parts_is_an_error(tmp_path, capsys):
     assert main(["--unpack", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
     assert "no packed stage parts" in capsys.readouterr().err
+
+
+def test_patient_a_is_restored_from_the_tracked_tree(tmp_path):
+    (tmp_path / "labelsTr").mkdir()
+    (tmp_path / "labelsTr" / "patientA.nii.gz").write_bytes(b"labels")
+    training.burst.restore_bundled(tmp_path)
+    restored = tmp_path / "imagesTr" / "patientA_0000.nii.gz"
+    assert restored.read_bytes() == training.burst.BUNDLED_CT.read_bytes()
