@@ -7,7 +7,8 @@ it here; the GPU machine reaches no package index):
 
     python -m training.burst --dataset build/ts_dataset --out "$OUT" --minutes 7
 
-1. ``training.prepare`` builds the cache there (160³ coarse cubes, 192³ fine crops);
+1. ``--synth N`` adds N synthetic CTs painted from the bundled label map (``training.synth``);
+   ``training.prepare`` builds the cache there (160³ coarse cubes, 192³ fine crops);
 2. ``python -m training`` trains the coarse and the fine stage side by side on the one GPU,
    each from ``training/configs/burst_<stage>.toml`` (whole cubes, fp16 autocast), until both
    finish or ``--minutes`` pass; then each is stopped and keeps its last finished epoch;
@@ -50,6 +51,7 @@ import torch
 from .checkpoint import StageSettings, load_checkpoint, save_checkpoint
 from .networks import NetworkSpec, build_network
 from .prepare import main as prepare_main
+from .synth import main as synth_main
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"  # patient A
@@ -175,9 +177,13 @@ def restore_bundled(dataset: Path) -> None:
         shutil.copy(BUNDLED_CT, image)
 
 
-def burst(dataset: Path, out: Path, minutes: float, work: Path, tiny: bool) -> int:
+def burst(dataset: Path, out: Path, minutes: float, work: Path, tiny: bool, synth: int = 0) -> int:
     started = time.monotonic()
     restore_bundled(dataset)
+    if synth:  # painted from the tracked label map on that machine: nothing more to carry
+        labels = ["--labels", str(BUNDLED_CT.with_name("example_seg.nii.gz"))]
+        if synth_main([*labels, "--out", str(dataset), "--count", str(synth)]) != 0:
+            return 1
     cache, runs = work / "cache", work / "train"
     prepare = TINY_PREPARE if tiny else PREPARE
     if prepare_main(["--dataset", str(dataset), "--out", str(cache), *prepare]) != 0:
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="packed parts, or checkpoints")
     p.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget, all steps")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "burst", help="cache and runs")
+    p.add_argument("--synth", type=int, default=0, help="add N synthetic CTs (training.synth)")
     p.add_argument("--tiny", action="store_true", help="tiny networks and cubes (a test)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -277,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--dataset is required to train (or --unpack DIR)")
     # Both stages share the GPU's CPU cores; threads beyond them only contend.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
-    return burst(args.dataset, args.out, args.minutes, args.work, args.tiny)
+    return burst(args.dataset, args.out, args.minutes, args.work, args.tiny, args.synth)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def test_a_tiny_burst_packs_parts_that_unpack_into_exportable_checkpoints(tmp_pa
     # Small parts, so that the fine stage comes back in several files as at paper size.
     monkeypatch.setattr(training.burst, "PART_BYTES", 100_000)
     argv = ["--dataset", str(dataset), "--out", str(out), "--work", str(work), "--tiny"]
-    assert main([*argv, "--minutes", "5"]) == 0
+    assert main([*argv, "--minutes", "5", "--synth", "1"]) == 0
+    assert len(list((dataset / "labelsTr").glob("synth_*.nii.gz"))) == 1
     report = json.loads((out / "burst.json").read_text())
     for stage in ("coarse", "fine"):
         record = report["stages"][stage]
