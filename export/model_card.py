@@ -35,8 +35,9 @@ and `benchmarks/evaluate.py`; do not edit by hand.
 ## What these are
 The two stage graphs of the method (coarse 160³ U-Net, fine 192³ EfficientSegNet), each in fp32
 (CPU; stored) and fp16 (GPU; derived from the fp32 graph by `make gpu-weights`), exported from
-our own training; no third-party weights. `manifest.json` holds every file's sha256, the sha256 of the checkpoint each came from, the exact training
-command of each stage and the sha256 of every training image and label map.
+our own training; no third-party weights. `manifest.json` holds every file's sha256, the
+sha256 of the checkpoint each came from, the exact training command of each stage and the
+sha256 of every training image and label map.
 
 {training}
 
