@@ -2,15 +2,15 @@
 
 Everything acts on ``N x Z x Y x X`` float HU tensors (and uint8 labels), drawing from one
 ``torch.Generator`` so a run is reproducible from its seed. The order follows the physics:
-geometry first (shift), then the organs' own intensity (per-organ HU offset), the scanner's
-(contrast and brightness) and noise last.
+geometry first (shift, then rotation, scaling and elastic deformation: ``training.spatial``),
+then the organs' own intensity (per-organ HU offset), the scanner's (contrast and brightness)
+and noise last.
 """
 
 import torch
 
 from .config import TrainConfig
-
-AIR_HU = -1024.0  # what a shift brings into view from outside the volume
+from .spatial import AIR_HU, spatial
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
@@ -78,8 +78,10 @@ def intensity(image: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torc
 def augment(
     image: torch.Tensor, labels: torch.Tensor | None, cfg: TrainConfig, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """All of the above, for a labelled (``labels`` given) or unlabelled batch."""
+    """All of the above, and ``spatial`` after the shift, for a labelled (``labels`` given) or
+    unlabelled batch."""
     image, labels = shift(image, labels, cfg.shift_fraction, g)
+    image, labels = spatial(image, labels, cfg, g)
     if labels is not None:
         image = organ_offsets(image, labels, cfg, g)
     return intensity(image, cfg, g), labels

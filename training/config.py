@@ -59,6 +59,14 @@ class TrainConfig:
     noise_hu: float = 20.0  # Gaussian noise of this std in HU ...
     noise_prob: float = 0.5  # ... in this share of samples
     hu_window: tuple[float, float] = (-325.0, 325.0)
+    # Spatial augmentation (training.spatial), after the shift and before the intensities: each
+    # of rotation, scaling and elastic deformation in this share of samples, all combined into
+    # one resampling. Never a flip: left and right organs have their own labels.
+    spatial_prob: float = 0.0
+    rotate_deg: tuple[float, float] = (15.0, 5.0)  # up to ± this about z (axial plane), y and x
+    scale: tuple[float, float] = (0.85, 1.15)  # anatomy scaled by U[lo, hi] along each axis
+    elastic_voxels: float = 3.0  # control points moved by up to this many voxels per axis ...
+    elastic_points: int = 5  # ... on a grid of this many per axis (a cubic B-spline between)
     # Adversarial semi-supervised learning (REFERENCE §7).
     adversarial: bool = True  # needs unlabelled images in the cache
     warmup_iters: int = 50  # supervised only, at the start ...
