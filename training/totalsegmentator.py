@@ -11,6 +11,11 @@ nnU-Net-style dataset in FLARE22 label ids for ``python -m training.prepare``:
 - ``imagesTs/patientB/`` (20 DICOM slices, 0.98 x 0.98 x 2 mm, contrast, upper abdomen) +
   ``labelsTs/patientB.nii.gz`` on the DICOM grid: the held-out patient, never trained on.
 
+``--held-out A`` swaps the patients' roles (patient A's CT and labels in ``imagesTs`` and
+``labelsTs``, patient B's series as ``imagesTr/patientB_0000.nii.gz``): the two
+leave-one-patient-out folds; ``--held-out none`` trains on both. A rerun into the same folder
+replaces the other layout's files.
+
 The sdist (38 MB) is fetched once with pip, checked against its pinned sha256, and kept in
 ``--downloads``.
 """
@@ -82,35 +87,54 @@ def extract(sdist: Path, into: Path) -> Path:
     return into / FIXTURES
 
 
-def write_dataset(out: Path, fixtures: Path) -> None:
+PATIENTS = ("A", "B")
+
+
+def write_dataset(out: Path, fixtures: Path, held_out: str = "B") -> None:
+    """The dataset with patient ``held_out`` ("A", "B" or "none") in imagesTs/labelsTs and the
+    other patient(s) in imagesTr/labelsTr: the leave-one-patient-out folds and the final run."""
+    if held_out not in (*PATIENTS, "none"):
+        raise ValueError(f"held-out patient {held_out!r}: expected A, B or none")
     for sub in ("imagesTr", "labelsTr", "imagesUnlabelled", "imagesTs", "labelsTs"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy(BUNDLED / "example_ct.nii.gz", out / "imagesTr" / "patientA_0000.nii.gz")
-    patient_a = to_flare(sitk.ReadImage(str(BUNDLED / "example_seg.nii.gz")))
-    sitk.WriteImage(patient_a, str(out / "labelsTr" / "patientA.nii.gz"), useCompression=True)
+    for stale in (*out.glob("images*/patient*"), *out.glob("labels*/patient*")):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()  # another fold's layout
     shutil.copy(
         fixtures / "aorta_report" / "example_ct.nii.gz",
         out / "imagesUnlabelled" / "chest_cta.nii.gz",
     )
 
-    dicom = out / "imagesTs" / "patientB"
-    shutil.copytree(fixtures / "example_ct_dicom", dicom, dirs_exist_ok=True)
+    patient_a = to_flare(sitk.ReadImage(str(BUNDLED / "example_seg.nii.gz")))
+    dicom = fixtures / "example_ct_dicom"
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom)))
     grid = reader.Execute()
     # The labels are stored with y flipped: resample (nearest) onto the DICOM grid.
     labels = to_flare(sitk.ReadImage(str(fixtures / "example_seg_dicom.nii.gz")))
-    on_grid = sitk.Resample(
+    patient_b = sitk.Resample(
         labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
     )
-    sitk.WriteImage(on_grid, str(out / "labelsTs" / "patientB.nii.gz"), useCompression=True)
+
+    for patient, image_labels in (("A", patient_a), ("B", patient_b)):
+        name = f"patient{patient}"
+        test = patient == held_out
+        labels_dir = out / ("labelsTs" if test else "labelsTr")
+        sitk.WriteImage(image_labels, str(labels_dir / f"{name}.nii.gz"), useCompression=True)
+        if patient == "A":
+            folder = "imagesTs" if test else "imagesTr"
+            shutil.copy(BUNDLED / "example_ct.nii.gz", out / folder / f"{name}_0000.nii.gz")
+        elif test:  # held out as it came: a DICOM series, which python -m inference reads
+            shutil.copytree(dicom, out / "imagesTs" / name)
+        else:  # training reads image files
+            sitk.WriteImage(grid, str(out / "imagesTr" / f"{name}_0000.nii.gz"), True)
 
     meta = {
         "name": "TotalSegmentator test fixtures in FLARE22 ids",
         "channel_names": {"0": "CT"},
         "labels": {name: label for label, name in LABEL_NAMES.items()},
-        "numTraining": 1,
+        "numTraining": len(PATIENTS) - (held_out in PATIENTS),
         "file_ending": ".nii.gz",
+        "held_out": held_out,
         "source": f"{SDIST} (sha256 {SDIST_SHA256}), tests/reference_files; Apache-2.0",
     }
     (out / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -124,10 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     p.add_argument("--downloads", type=Path, default=ROOT / "build" / "downloads")
+    p.add_argument(
+        "--held-out",
+        choices=[*PATIENTS, "none"],
+        default="B",
+        help="patient kept out of training (leave-one-patient-out folds; none: train on both)",
+    )
     args = p.parse_args(argv)
     try:
         fixtures = extract(fetch_sdist(args.downloads), args.downloads / "extracted")
-        write_dataset(args.out, fixtures)
+        write_dataset(args.out, fixtures, args.held_out)
     except (OSError, ValueError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
