@@ -111,10 +111,10 @@ class Header:
         return self.description.startswith(OUTPUT_MARK)
 
 
-def _itk_reason(e: RuntimeError) -> str:
+def _itk_reason(e: RuntimeError, default: str = "unreadable") -> str:
     """The last line of an ITK exception's message: the one that says what went wrong."""
     lines = [line for line in str(e).splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "unreadable"
+    return lines[-1].strip() if lines else default
 
 
 def read_header(path: Path) -> Header:
@@ -221,18 +221,23 @@ def hu_array(image: sitk.Image, path: Path) -> np.ndarray:
     return array
 
 
+def write_image(image: sitk.Image, path: Path) -> None:
+    """Write ``image`` (gzip-compressed where the format allows); it appears atomically: a
+    temporary name, then a rename. Raises OSError naming ``path``."""
+    # ITK picks the writer by the name's ending, so the temporary name keeps it.
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{''.join(path.suffixes)}")
+    try:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        os.replace(tmp, path)
+    except RuntimeError as e:  # ITK reports failed writes as RuntimeError
+        raise OSError(f"{path}: {_itk_reason(e, 'write failed')}") from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path) -> None:
     """Write uint8 ``(z, y, x)`` labels with the reference's geometry; appears atomically."""
     out = sitk.GetImageFromArray(labels)
     out.CopyInformation(reference)
     out.SetMetaData("ITK_FileNotes", OUTPUT_MARK)  # NIfTI writes it as the description
-    # ITK picks the writer by the name's ending, so the temporary name keeps it.
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{''.join(path.suffixes)}")
-    try:
-        sitk.WriteImage(out, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    except RuntimeError as e:  # ITK reports failed writes as RuntimeError
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        raise OSError(f"{path}: {lines[-1].strip() if lines else 'write failed'}") from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_image(out, path)

@@ -28,7 +28,6 @@ not a scanner model.
 import argparse
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
 
-from inference.io import InputError, read_ct
+from inference.io import InputError, read_ct, write_image
 from inference.organs import LABEL_NAMES
 
 from .totalsegmentator import BUNDLED, TS_TO_FLARE, to_flare
@@ -448,18 +447,6 @@ def synth_case(
     return image, flare, phase
 
 
-def _write(image: sitk.Image, path: Path) -> None:
-    # A temporary name keeping the ending (ITK picks the format by it), renamed when complete.
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{''.join(path.suffixes)}")
-    try:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-        os.replace(tmp, path)
-    except RuntimeError as e:
-        raise OSError(f"{path}: cannot write ({str(e).strip().splitlines()[-1]})") from e
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def ensure_dataset_json(out: Path, source: Path) -> None:
     """A minimal nnU-Net ``dataset.json`` (as ``training.totalsegmentator`` writes) if missing."""
     path = out / "dataset.json"
@@ -482,9 +469,9 @@ def write_case(
     """``synth_case`` written into the dataset ``out``: the image's path, the image, the phase."""
     image, flare, phase = synth_case(labels, rng, keep_grid)
     # Labels first: a case is listed by its image, which then always has its labels.
-    _write(flare, out / "labelsTr" / f"{name}.nii.gz")
+    write_image(flare, out / "labelsTr" / f"{name}.nii.gz")
     path = out / "imagesTr" / f"{name}_0000.nii.gz"
-    _write(image, path)
+    write_image(image, path)
     return path, image, phase
 
 
