@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from inference.io import InputError, case_name, find_inputs, read_ct
-from inference.organs import NUM_ORGANS
+from inference.organs import LABEL_NAMES, NUM_ORGANS
 
 from .checkpoint import sha256_file
 
@@ -33,6 +33,20 @@ class Case:
     @property
     def kind(self) -> str:
         return "unlabelled" if self.labels is None else "labelled"
+
+
+def write_dataset_json(dataset: Path, name: str, num_training: int, **extra: str) -> None:
+    """A CT dataset's ``dataset.json`` in FLARE22 label ids (the layout ``labelled_cases``
+    reads), with ``extra`` keys (its source, a held-out patient) after the standard ones."""
+    meta = {
+        "name": name,
+        "channel_names": {"0": "CT"},
+        "labels": {label_name: label for label, label_name in LABEL_NAMES.items()},
+        "numTraining": num_training,
+        "file_ending": ".nii.gz",
+        **extra,
+    }
+    (dataset / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def labelled_cases(dataset: Path) -> list[Case]:

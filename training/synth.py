@@ -26,7 +26,6 @@ not a scanner model.
 """
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -39,8 +38,8 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from inference.io import InputError, read_ct, write_image
-from inference.organs import LABEL_NAMES
 
+from .dataset import write_dataset_json
 from .totalsegmentator import BUNDLED, TS_TO_FLARE, to_flare
 
 log = logging.getLogger(__name__)
@@ -448,19 +447,14 @@ def synth_case(
 
 
 def ensure_dataset_json(out: Path, source: Path) -> None:
-    """A minimal nnU-Net ``dataset.json`` (as ``training.totalsegmentator`` writes) if missing."""
-    path = out / "dataset.json"
-    if path.exists():
-        return
-    meta = {
-        "name": "synthetic CTs from TotalSegmentator label maps, FLARE22 ids",
-        "channel_names": {"0": "CT"},
-        "labels": {name: label for label, name in LABEL_NAMES.items()},
-        "numTraining": len(list((out / "imagesTr").glob("*_0000.nii.gz"))),
-        "file_ending": ".nii.gz",
-        "source": f"python -m training.synth --labels {source}",
-    }
-    path.write_text(json.dumps(meta, indent=1) + "\n")
+    """A minimal nnU-Net ``dataset.json`` if the dataset has none."""
+    if not (out / "dataset.json").exists():
+        write_dataset_json(
+            out,
+            "synthetic CTs from TotalSegmentator label maps, FLARE22 ids",
+            len(list((out / "imagesTr").glob("*_0000.nii.gz"))),
+            source=f"python -m training.synth --labels {source}",
+        )
 
 
 def write_case(

@@ -21,7 +21,6 @@ The sdist (38 MB) is fetched once with pip, checked against its pinned sha256, a
 """
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -31,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from inference.organs import LABEL_NAMES
-
 from .checkpoint import sha256_file
+from .dataset import write_dataset_json
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "data" / "totalsegmentator"
@@ -128,16 +126,13 @@ def write_dataset(out: Path, fixtures: Path, held_out: str = "B") -> None:
         else:  # training reads image files
             sitk.WriteImage(grid, str(out / "imagesTr" / f"{name}_0000.nii.gz"), True)
 
-    meta = {
-        "name": "TotalSegmentator test fixtures in FLARE22 ids",
-        "channel_names": {"0": "CT"},
-        "labels": {name: label for label, name in LABEL_NAMES.items()},
-        "numTraining": len(PATIENTS) - (held_out in PATIENTS),
-        "file_ending": ".nii.gz",
-        "held_out": held_out,
-        "source": f"{SDIST} (sha256 {SDIST_SHA256}), tests/reference_files; Apache-2.0",
-    }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_dataset_json(
+        out,
+        "TotalSegmentator test fixtures in FLARE22 ids",
+        len(PATIENTS) - (held_out in PATIENTS),
+        held_out=held_out,
+        source=f"{SDIST} (sha256 {SDIST_SHA256}), tests/reference_files; Apache-2.0",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
