@@ -14,7 +14,7 @@ from .hu import as_int16_hu
 from .orientation import Orientation
 from .roi import fine_region
 from .sessions import RuntimeConfig
-from .stage_info import StageInfo, graph_filename
+from .stage_info import STAGES, StageInfo, graph_filename
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ class Segmenter:
         self.device = config.device if config else pick_device(device)
         config = config or RuntimeConfig.for_device(self.device)
         try:
-            self.coarse = load_stage(weights, "coarse", config)
-            self.fine = load_stage(weights, "fine", config)
+            self.coarse, self.fine = (load_stage(weights, s, config) for s in STAGES)
         except (DeviceError, FileNotFoundError, *ORT_ERRORS) as e:
             if device != "auto" or self.device != "cuda":
                 raise
@@ -106,8 +105,7 @@ class Segmenter:
                     "no usable GPU (%s); running the CPU graphs. For the GPU: %s", reason, GPU_FIX
                 )
             self.device, config = "cpu", RuntimeConfig.for_device("cpu")
-            self.coarse = load_stage(weights, "coarse", config)
-            self.fine = load_stage(weights, "fine", config)
+            self.coarse, self.fine = (load_stage(weights, s, config) for s in STAGES)
         self.providers = self.coarse.session.get_providers()
 
     @property

@@ -239,13 +239,12 @@ def unpack(folder: Path, out: Path) -> list[Path]:
         spec = NetworkSpec.from_dict(meta["spec"])
         net = build_network(spec)
         net.load_state_dict(state)
-        settings = meta["settings"]
         path = out / stage / "last.pt"
         save_checkpoint(
             path,
             net,
             spec,
-            StageSettings(**{**settings, "hu_window": tuple(settings["hu_window"])}),
+            StageSettings.from_dict(meta["settings"]),
             config=meta["config"],
             epoch=meta["epoch"],
             best_dice=meta["best_dice"],

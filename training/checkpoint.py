@@ -34,6 +34,11 @@ class StageSettings:
     roi_margin_mm: float = 20.0
     min_component_mm3: float = 1000.0
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "StageSettings":
+        """Settings as a checkpoint stores them (``dataclasses.asdict``: lists for tuples)."""
+        return cls(**{**values, "hu_window": tuple(values["hu_window"])})
+
 
 @dataclass
 class StageCheckpoint:
@@ -80,10 +85,9 @@ def load_checkpoint(path: Path) -> StageCheckpoint:
         raise CheckpointError(f"{path}: cannot read checkpoint ({reason})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
-    settings = payload["settings"]
     return StageCheckpoint(
         spec=NetworkSpec.from_dict(payload["spec"]),
-        settings=StageSettings(**{**settings, "hu_window": tuple(settings["hu_window"])}),
+        settings=StageSettings.from_dict(payload["settings"]),
         state_dict=payload["model"],
         training={k: payload[k] for k in TRAINING_KEYS if k in payload},
     )
