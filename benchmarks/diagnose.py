@@ -43,7 +43,9 @@ from inference.hu import as_int16_hu  # noqa: E402
 from inference.io import find_inputs, read_ct  # noqa: E402
 from inference.organs import LABEL_NAMES, NUM_ORGANS  # noqa: E402
 from inference.orientation import Orientation  # noqa: E402
+from inference.roi import grow_box  # noqa: E402
 from inference.stage_info import STAGES, graph_filename  # noqa: E402
+from training.prepare import labels_box  # noqa: E402
 from training.totalsegmentator import to_flare  # noqa: E402
 from training.transforms import assign_labels, normalize, resize, resize_labels  # noqa: E402
 
@@ -110,15 +112,7 @@ def stage_input(stage: str, image: sitk.Image, ref: sitk.Image, margin_mm: float
     hu = o.apply(as_int16_hu(sitk.GetArrayFromImage(image)))
     labels = o.apply(sitk.GetArrayFromImage(ref))
     if stage == "fine":
-        spacing = o.spacing(image.GetSpacing())
-        nz = np.nonzero(labels)
-        box = tuple(
-            slice(
-                max(0, int(a.min()) - int(np.ceil(margin_mm / s))),
-                int(a.max()) + 1 + int(np.ceil(margin_mm / s)),
-            )
-            for a, s in zip(nz, spacing, strict=True)
-        )
+        box = grow_box(labels_box(labels), margin_mm, o.spacing(image.GetSpacing()), labels.shape)
         hu, labels = hu[box], labels[box]
     return hu, labels
 
@@ -126,11 +120,12 @@ def stage_input(stage: str, image: sitk.Image, ref: sitk.Image, margin_mm: float
 @torch.no_grad()
 def diagnose(weights: Path, dataset: Path | None, window: int, stride: int) -> dict:
     results: dict = {}
+    loaded = cases(dataset)  # read once, used by both stages
     for stage in STAGES:
         _, info, ckpt = load_stage(weights / graph_filename(stage, "fp32"))
         net = ckpt.network().eval()
         size = (info.input_size,) * 3
-        for case, (image, ref) in cases(dataset).items():
+        for case, (image, ref) in loaded.items():
             hu, labels = stage_input(stage, image, ref, info.roi_margin_mm)
             x = resize(torch.from_numpy(hu.astype(np.float32))[None, None], size)
             x = x.clamp(*info.hu_window)
