@@ -33,7 +33,16 @@ import numpy as np
 import onnxruntime as ort
 import SimpleITK as sitk
 
-from .io import InputError, case_name, find_inputs, hu_array, read_ct, read_header, write_labels
+from .io import (
+    Header,
+    InputError,
+    case_name,
+    find_inputs,
+    hu_array,
+    read_ct,
+    read_header,
+    write_labels,
+)
 from .memory import memory_error
 from .pipeline import ORT_ERRORS, DeviceError, Result, Segmenter
 from .plan import Case, PlanError, plan_batch, prepare_output_folder
@@ -70,12 +79,15 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)
 
 
-def read_case(path: Path, network_sides: tuple[int, ...] = ()) -> Loaded:
+def read_case(
+    path: Path, network_sides: tuple[int, ...] = (), header: Header | None = None
+) -> Loaded:
     """Read a case; raises InputError for a bad input or one that would not fit in memory
-    (judged from its header before the voxels are read, when ``network_sides`` is given)."""
+    (judged from its header before the voxels are read, when ``network_sides`` is given).
+    ``header``: the one planning read, if any."""
     start = time.perf_counter()
     try:
-        header = read_header(path)
+        header = header or read_header(path)
         if network_sides and (reason := memory_error(header, network_sides)):
             raise InputError(reason)
         image = read_ct(path, header)
@@ -165,14 +177,16 @@ class Batch:
 
     def _loop(self, io: ThreadPoolExecutor, compute: ThreadPoolExecutor) -> None:
         sides = self.segmenter.network_sides
-        reading = io.submit(read_case, self.cases[0].source, sides)
+        first = self.cases[0]
+        reading = io.submit(read_case, first.source, sides, first.header)
         writing: tuple[Future, Case, dict] | None = None
         for n, case in enumerate(self.cases):
             if self.tty:
                 print(f"[{n + 1}/{len(self.cases)}] {case.source.name}", file=sys.stderr)
             loaded = self._wait_read(reading, case)
             if n + 1 < len(self.cases):
-                reading = io.submit(read_case, self.cases[n + 1].source, sides)
+                after = self.cases[n + 1]
+                reading = io.submit(read_case, after.source, sides, after.header)
             done = None if loaded is None else self._segment(compute, case, loaded)
             self._finish_write(writing)
             writing = None

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import InputError, case_name, read_header
+from .io import Header, InputError, case_name, read_header
 
 
 class PlanError(Exception):
@@ -22,6 +22,7 @@ class PlanError(Exception):
 class Case:
     source: Path  # an image file or a DICOM folder
     output: Path  # OUT/<case>.nii.gz
+    header: Header | None = None  # read while planning (files only), so reading reuses it
 
 
 @dataclass
@@ -54,11 +55,15 @@ def plan_batch(inputs: list[Path], out_dir: Path) -> Plan:
     earlier outputs (``inference.io.OUTPUT_MARK`` in their header)."""
     plan = Plan()
     by_name: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[Path, Header] = {}
     for path in inputs:
-        if not path.is_dir() and _is_our_output(path):
+        header = None if path.is_dir() else _header(path)
+        if header is not None and header.is_our_output:
             plan.skipped.append(path)
-        else:
-            by_name[case_name(path)].append(path)
+            continue
+        by_name[case_name(path)].append(path)
+        if header is not None:
+            headers[path] = header
     # Our own earlier outputs are not inputs: this run may replace them.
     kept = [p for paths in by_name.values() for p in paths]
     sources = {_real(p): p for p in kept}
@@ -87,7 +92,7 @@ def plan_batch(inputs: list[Path], out_dir: Path) -> Plan:
                 "none segmented: rename all but one"
             )
         else:
-            plan.cases.append(Case(paths[0], output))
+            plan.cases.append(Case(paths[0], output, headers.get(paths[0])))
     plan.cases.sort(key=lambda c: c.source)
     return plan
 
@@ -105,8 +110,8 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _is_our_output(path: Path) -> bool:
+def _header(path: Path) -> Header | None:
     try:
-        return read_header(path).is_our_output
+        return read_header(path)
     except InputError:
-        return False  # a bad input is reported when its turn comes
+        return None  # a bad input is reported when its turn comes
