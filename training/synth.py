@@ -26,6 +26,7 @@ not a scanner model.
 """
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -447,14 +448,23 @@ def synth_case(
 
 
 def ensure_dataset_json(out: Path, source: Path) -> None:
-    """A minimal nnU-Net ``dataset.json`` if the dataset has none."""
-    if not (out / "dataset.json").exists():
+    """A minimal nnU-Net ``dataset.json`` if the dataset has none; else its ``numTraining``
+    updated to the cases ``imagesTr`` now holds (the rest kept), so that ``training.prepare``
+    does not warn about the cases added."""
+    count = len(list((out / "imagesTr").glob("*_0000.nii.gz")))
+    path = out / "dataset.json"
+    if not path.exists():
         write_dataset_json(
             out,
             "synthetic CTs from TotalSegmentator label maps, FLARE22 ids",
-            len(list((out / "imagesTr").glob("*_0000.nii.gz"))),
+            count,
             source=f"python -m training.synth --labels {source}",
         )
+        return
+    meta = json.loads(path.read_text())
+    if meta.get("numTraining") != count:
+        meta["numTraining"] = count
+        path.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def write_case(

@@ -229,7 +229,8 @@ def test_cli_writes_cases_training_reads(tmp_path, slab, capsys):
         flare = read_labels(case.labels, image, case.image)
         assert {1, 2, 3, 5, 13} <= set(np.unique(flare).tolist())
 
-    # A case depends on the seed and its number only, and dataset.json is left alone.
+    # A case depends on the seed and its number only; an existing dataset.json keeps its
+    # keys and gets the new count, so training.prepare does not warn about the added cases.
     first = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[0].image)))
     (out / "dataset.json").write_text("{}")
     again = tmp_path / "again"
@@ -238,7 +239,7 @@ def test_cli_writes_cases_training_reads(tmp_path, slab, capsys):
     assert main([*args[:3], str(again), *args[4:], "--count", "1"]) == 0
     redo = sitk.ReadImage(str(again / "imagesTr" / "s_000_0000.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(redo), first)
-    assert (again / "dataset.json").read_text() == '{"name": "mine"}'
+    assert json.loads((again / "dataset.json").read_text()) == {"name": "mine", "numTraining": 1}
     assert sorted(p.name for p in again.iterdir()) == ["dataset.json", "imagesTr", "labelsTr"]
 
 
