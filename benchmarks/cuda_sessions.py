@@ -37,6 +37,7 @@ if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks.efficiency import GPU_TOLERANCE_MIB  # noqa: E402
+from inference.__main__ import TIMING_KEYS  # noqa: E402
 from inference.sessions import RuntimeConfig  # noqa: E402
 
 
@@ -62,7 +63,6 @@ VARIANTS: dict[str, Callable[[RuntimeConfig], RuntimeConfig]] = {
     "fp32": lambda c: dataclasses.replace(c, precision="fp32"),
     "cpu": lambda c: RuntimeConfig.for_device("cpu"),
 }
-STAGES = ("read", "coarse", "region", "fine", "post", "write", "total")
 
 
 def variant_config(name: str) -> RuntimeConfig:
@@ -154,7 +154,7 @@ def mean_dice(a, b) -> float:
     """Mean Dice over the organs present in either label map."""
     import numpy as np
 
-    from benchmarks.surface_dice import dice
+    from inference.report import dice
 
     organs = [k for k in np.union1d(np.unique(a), np.unique(b)) if k != 0]
     return float(np.mean([dice(a == k, b == k) for k in organs])) if organs else 1.0
@@ -178,7 +178,8 @@ def summarize(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"error": runs[0]["error"]}
-    row = {k: statistics.median(r[k] for r in ok) for k in ("wall", "sessions", *STAGES)}
+    keys = ("wall", "sessions", *TIMING_KEYS, "total")
+    row = {k: statistics.median(r[k] for r in ok) for k in keys}
     for key in ("process_peak_mib", "device_peak_mib", "sessions_mib", "coarse_mib", "fine_mib"):
         values = [r[key] for r in ok if r.get(key) is not None]
         row[key] = max(values) if values else None  # the worst run: the tolerance is a cap

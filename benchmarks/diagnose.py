@@ -37,12 +37,12 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.surface_dice import dice  # noqa: E402
 from export.check import load_stage  # noqa: E402
 from inference.hu import as_int16_hu  # noqa: E402
 from inference.io import find_inputs, read_ct  # noqa: E402
 from inference.organs import LABEL_NAMES, NUM_ORGANS  # noqa: E402
 from inference.orientation import Orientation  # noqa: E402
+from inference.report import dice  # noqa: E402
 from inference.roi import grow_box  # noqa: E402
 from inference.stage_info import STAGES, graph_filename  # noqa: E402
 from training.prepare import labels_box  # noqa: E402

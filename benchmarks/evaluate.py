@@ -55,9 +55,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
-from benchmarks.surface_dice import Spacing, dice, normalized_surface_dice  # noqa: E402
+from benchmarks.surface_dice import Spacing, normalized_surface_dice  # noqa: E402
 from inference.io import InputError, case_name, check_gzip_complete, find_inputs  # noqa: E402
 from inference.organs import NUM_ORGANS, ORGANS, Organ  # noqa: E402
+from inference.report import dice  # noqa: E402
 
 # Aorta, inferior vena cava, esophagus: the GT labels only part of these tubes, so the official
 # script scores them on the GT's slices only.

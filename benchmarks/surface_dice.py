@@ -166,11 +166,3 @@ def normalized_surface_dice(
 ) -> float:
     """NSD of two masks at ``tolerance_mm``: 1 for matching surfaces, 0 if one mask is empty."""
     return surface_dice_at_tolerance(surface_distances(mask_gt, mask_pred, spacing), tolerance_mm)
-
-
-def dice(mask_gt: np.ndarray, mask_pred: np.ndarray) -> float:
-    """2|A and B| / (|A| + |B|); NaN when both are empty, as FLARE's compute_dice_coefficient."""
-    volume = np.count_nonzero(mask_gt) + np.count_nonzero(mask_pred)
-    if volume == 0:
-        return float("nan")
-    return 2 * np.count_nonzero(mask_gt & mask_pred) / float(volume)

@@ -9,6 +9,7 @@ from inference.orientation import Orientation
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"
+SAMPLE_SEG = SAMPLE_CT.with_name("example_seg.nii.gz")  # its TotalSegmentator label map
 
 # `python -m export` arguments for seeded random fp32 graphs at those sizes.
 SMALL_RANDOM_GRAPHS = (

@@ -17,15 +17,14 @@ import pytest
 import SimpleITK as sitk
 
 from benchmarks.profile import main as profile_main
-from benchmarks.surface_dice import dice
 from inference.__main__ import main as infer_main
 from inference.organs import LABEL_NAMES
-from tests.helpers import ROOT, SAMPLE_CT
+from inference.report import dice
+from tests.helpers import ROOT, SAMPLE_CT, SAMPLE_SEG
 from training.totalsegmentator import to_flare
 
 BASE = os.environ.get("FLARE22_DOCKER_BASE")
 WEIGHTS = ROOT / "weights"
-SAMPLE_SEG = SAMPLE_CT.with_name("example_seg.nii.gz")
 # Least DSC per organ id on the bundled case (liver, kidneys, spleen): the model card has
 # 0.893, 0.834, 0.882 and 0.886.
 BUNDLED_CASE_DSC = {1: 0.85, 2: 0.80, 3: 0.85, 13: 0.85}

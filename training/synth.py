@@ -39,9 +39,10 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from inference.io import InputError, read_ct, write_image
+from inference.organs import TOTALSEGMENTATOR_TO_FLARE
 
 from .dataset import write_dataset_json
-from .totalsegmentator import BUNDLED, TS_TO_FLARE, to_flare
+from .totalsegmentator import BUNDLED, to_flare
 
 log = logging.getLogger(__name__)
 
@@ -417,10 +418,10 @@ def check_label_map(labels: sitk.Image, path: Path) -> np.ndarray:
     if array.min() < 0 or array.max() > 255:
         raise InputError(f"{path}: label values {array.min()}..{array.max()} are not in 0..255")
     ids = np.unique(array).astype(int)
-    if not set(ids.tolist()) & set(TS_TO_FLARE):
+    if not set(ids.tolist()) & set(TOTALSEGMENTATOR_TO_FLARE):
         raise InputError(
             f"{path}: holds ids {ids.tolist()[:8]}, none of the FLARE organs' TotalSegmentator "
-            f"ids {sorted(TS_TO_FLARE)}"
+            f"ids {sorted(TOTALSEGMENTATOR_TO_FLARE)}"
         )
     return array.astype(np.uint8)
 

@@ -27,8 +27,9 @@ import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+
+from inference.organs import from_totalsegmentator
 
 from .checkpoint import sha256_file
 from .dataset import write_dataset_json
@@ -39,16 +40,10 @@ SDIST = "totalsegmentator-2.18.0.tar.gz"
 SDIST_SHA256 = "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03"
 FIXTURES = "totalsegmentator-2.18.0/tests/reference_files/"
 
-# TotalSegmentator v2 class id -> FLARE22 id (REFERENCE §8); every other class is background.
-TS_TO_FLARE = {5: 1, 2: 2, 1: 3, 7: 4, 52: 5, 63: 6, 8: 7, 9: 8, 4: 9, 15: 10, 6: 11, 19: 12, 3: 13}
-
 
 def to_flare(labels: sitk.Image) -> sitk.Image:
     """A TotalSegmentator v2 label map in FLARE22 ids, same geometry."""
-    lut = np.zeros(256, np.uint8)
-    for ts, flare in TS_TO_FLARE.items():
-        lut[ts] = flare
-    out = sitk.GetImageFromArray(lut[sitk.GetArrayFromImage(labels)])
+    out = sitk.GetImageFromArray(from_totalsegmentator(sitk.GetArrayViewFromImage(labels)))
     out.CopyInformation(labels)
     return out
 

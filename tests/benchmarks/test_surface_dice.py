@@ -9,13 +9,13 @@ import surface_distance as deepmind
 from scipy import ndimage
 
 from benchmarks.surface_dice import (
-    dice,
     neighbour_codes,
     normalized_surface_dice,
     surface_dice_at_tolerance,
     surface_distances,
     surfel_area_table,
 )
+from inference.report import dice
 
 SPACING = (0.8, 1.5, 2.5)
 

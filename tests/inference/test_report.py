@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.report import main, organ_volumes_ml
-from tests.helpers import SAMPLE_CT
+from inference.organs import from_totalsegmentator
+from inference.report import COLOURS, main, organ_volumes_ml
+from tests.helpers import SAMPLE_CT, SAMPLE_SEG
 
 
 def test_volumes_count_voxels_times_voxel_volume():
@@ -34,6 +35,29 @@ def test_report_prints_volumes_and_draws_both_slices(tmp_path, capsys):
     assert picture.GetNumberOfComponentsPerPixel() == 3 and picture.GetWidth() > 400
     rgb = sitk.GetArrayFromImage(picture)
     assert (rgb[..., 0] != rgb[..., 1]).any()  # the organ is coloured
+    # The legend shows the spleen's colour (a square of it, beyond both slices).
+    assert (rgb == COLOURS[3]).all(axis=-1).sum() >= 100
+
+
+def test_report_scores_against_a_totalsegmentator_reference(tmp_path, capsys):
+    reference = sitk.ReadImage(str(SAMPLE_SEG))
+    flare = from_totalsegmentator(sitk.GetArrayFromImage(reference))
+    half = flare.copy()
+    half[half.shape[0] // 2 :] = 0  # the prediction: the reference's lower half
+    labels = sitk.GetImageFromArray(half)
+    labels.CopyInformation(reference)
+    sitk.WriteImage(labels, str(tmp_path / "case.nii.gz"))
+    args = [str(tmp_path / "case.nii.gz"), "--reference", str(SAMPLE_SEG)]
+    assert main([*args, "--totalsegmentator"]) == 0
+    out = capsys.readouterr().out
+    liver = flare == 1
+    expected = 2 * (half == 1).sum() / ((half == 1).sum() + liver.sum())
+    row = next(line for line in out.splitlines() if line.startswith("liver"))
+    assert float(row.split()[-1]) == pytest.approx(expected, abs=5e-4) and expected < 0.99
+    assert "mean DSC over the 12 organs in the reference" in out
+    # Without --totalsegmentator its ids (up to 117) are refused, not scored near 0.
+    assert main(args) == 2
+    assert "--totalsegmentator" in capsys.readouterr().err
 
 
 def test_report_of_a_missing_file_is_exit_code_2(tmp_path, capsys):

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from inference.organs import ORGANS
+from inference.organs import ORGANS, TOTALSEGMENTATOR_TO_FLARE
 from tests.helpers import ROOT
-from training.totalsegmentator import TS_TO_FLARE, to_flare
+from training.totalsegmentator import to_flare
 
 
 def test_every_flare_organ_has_one_totalsegmentator_class():
-    assert sorted(TS_TO_FLARE.values()) == [o.label for o in ORGANS]
+    assert sorted(TOTALSEGMENTATOR_TO_FLARE.values()) == [o.label for o in ORGANS]
 
 
 def test_the_bundled_label_map_maps_to_flare_ids_in_place():
