@@ -2,8 +2,9 @@
 
 The challenge sampled every 0.1 s plus the query time and summed the samples times 0.1 s
 (REFERENCE §3), so its areas undercount a run whose real sampling period was longer. Every
-figure here exists twice: ``official`` reproduces the challenge's arithmetic, ``true``
-integrates over the real timestamps.
+area here exists twice: ``official`` reproduces the challenge's arithmetic (FLARE22's
+``Evaluation/Efficiency.py`` and ``Evaluation/load_json.py`` in JunMa11/FLARE), ``true``
+integrates over the real timestamps. docs/measuring.md maps each figure to its source.
 """
 
 import math
@@ -30,6 +31,8 @@ class CpuTimes:
 
 def official_cpu_percent(prev: CpuTimes, now: CpuTimes) -> float:
     """Utilisation as the challenge computed it: 100 - idle share, with +0.1 s in the divisor.
+
+    ``get_cpu_usage`` in Efficiency.py gives the idle share; load_json.py takes 100 minus it.
 
     Only user, system and idle count, and the +0.1 makes a fully idle machine read
     ``100 * 0.1 / (n_cpus * period + 0.1)`` (7.7 % with 12 threads at 0.1 s): an idle floor.
@@ -102,6 +105,8 @@ def rate_area(t: np.ndarray, values: np.ndarray) -> float:
 def flare_max(values: np.ndarray) -> float:
     """FLARE22's "max": the largest value that occurs in more than 2 % of the samples.
 
+    As FLARE22's load_json.py computes ``GPU_Mem``; FLARE24's load_json.py takes the plain max.
+
     Spikes that last only a few samples are ignored. NaN when no value repeats that often
     (then only the plain max is meaningful).
     """
@@ -130,9 +135,12 @@ def summarize(s: Series) -> dict[str, float]:
         "gpu_max_flare": flare_max(gpu) if has_gpu else nan,
         "gpu_max": _max(gpu) if has_gpu else nan,
         "gpu_process_max": _max(s.gpu_process_mib),
+        "cpu_max_official": _max(s.cpu_official_pct),  # load_json.py's CPU_Utilization
         "cpu_area_official": official_area(s.cpu_official_pct),
         "cpu_area_true": rate_area(s.t, s.cpu_true_pct),
         "tree_cpu_core_s": rate_area(s.t, s.tree_cores),
         "ram_peak_mib": _max(s.ram_used_mib),
+        "ram_area_official": official_area(s.ram_used_mib),  # load_json.py's AUC_RAM_Time
+        "ram_area_true": level_area(s.t, s.ram_used_mib),
         "tree_rss_peak_mib": _max(s.tree_rss_mib),
     }

@@ -3,16 +3,18 @@
     python benchmarks/profile.py [--cases PATH ...] [--weights DIR]     # local predict.sh
     python benchmarks/profile.py --docker IMAGE [--cases PATH ...]       # the FLARE command
     python benchmarks/profile.py --cmd 'sh predict.sh {input} {output}'  # any command
+    python benchmarks/profile.py --sampler official ...  # FLARE22's sampling loop, edges too
 
 Per case: the case is copied alone into a fresh ``inputs/`` folder, a sampler process starts
-(it first records the idle GPU memory, which counts against the tolerance too), the command
+(ours first records the idle GPU memory, which counts against the tolerance too), the command
 runs, the sampler stops. Written to ``--results`` (default ``results/profile``): ``<case>.csv``
 (the samples), ``<case>.png`` (GPU memory with the 2048 MiB line, CPU over time),
 ``cases.csv``, ``summary.json`` (every case, mean and median; strict JSON, NaN written as
 null) and ``outputs/`` (the label maps, for ``benchmarks/evaluate.py``). Official figures use
 the challenge's arithmetic (sum x 0.1 s, CPU formula with its +0.1); ``true`` ones integrate
 over the real timestamps. Without NVML or a GPU the GPU columns are empty and say why. Exit
-code 1 if a case failed, 2 on bad usage.
+code 1 if a case failed, 2 on bad usage. docs/measuring.md says where each figure comes from
+and how the two samplers differ.
 """
 
 import argparse
@@ -59,7 +61,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=ROOT / "results" / "profile")
     p.add_argument("--interval", type=float, default=0.1, help="seconds slept between samples")
     p.add_argument("--gpu", type=int, default=0, help="GPU index to sample (and to run on)")
-    p.add_argument("--idle", type=float, default=1.0, help="seconds of idle sampling first")
+    p.add_argument(
+        "--sampler",
+        choices=("ours", "official"),
+        default="ours",
+        help="ours: the samples taken while the command ran; official: FLARE22's loop, which "
+        "also keeps a first short sample before the command and one after it",
+    )
+    p.add_argument(
+        "--idle",
+        type=float,
+        default=1.0,
+        help="seconds of idle sampling first (ours; the official sampler starts with the command)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds before a case is killed")
     return p.parse_args(argv)
 
@@ -138,9 +152,11 @@ def profile_case(args: argparse.Namespace, case: Path, index: int, gpu: bool) ->
     container = f"flare22-profile-{os.getpid()}-{index}" if args.docker else None
     cmd = build_command(args, inputs, outputs, container or "", cidfile, gpu)
 
-    sampler = Sampler(args.results / f"{name}.csv", args.gpu, args.interval, cidfile)
+    official = args.sampler == "official"
+    sampler = Sampler(args.results / f"{name}.csv", args.gpu, args.interval, cidfile, official)
     sampler.start()
-    time.sleep(args.idle)
+    if not official:  # Efficiency.py starts its sampler just before the command
+        time.sleep(args.idle)
     run = run_command(cmd, sampler, args.timeout, container)
     series = sampler.stop()
 
@@ -157,12 +173,25 @@ def profile_case(args: argparse.Namespace, case: Path, index: int, gpu: bool) ->
         "case": name,
         **asdict(run),
         "idle_gpu_mib": float(statistics.median(idle)) if idle.size and gpu else math.nan,
-        **summarize(series.window(run.start, run.end)),
+        **summarize(counted_samples(series, run, official)),
     }
     if args.docker:
         row["tree_cpu_s"] = math.nan  # the container's processes are not our children
     plot_case(series, row, args.results / f"{name}.png")
     return row
+
+
+def counted_samples(series: Series, run: Run, official: bool) -> Series:
+    """The samples a case's figures sum: ours, those taken while the command ran.
+
+    Efficiency.py keeps every sample its daemon took from its start, just before the command,
+    until the lists were copied after the command returned: the official sampler's samples up
+    to and including the first one taken after the command ended.
+    """
+    if not official:
+        return series.window(run.start, run.end)
+    after = series.t[series.t > run.end]
+    return series.window(-math.inf, float(after[0]) if after.size else run.end)
 
 
 def plot_case(series: Series, row: dict, path: Path) -> None:
@@ -217,10 +246,12 @@ COLUMNS = [  # (key, header, format) of the printed table
     ("gpu_area_true", "GPU area true", ".0f"),
     ("gpu_max_flare", "GPU max FLARE", ".0f"),
     ("gpu_max", "GPU max", ".0f"),
+    ("cpu_max_official", "CPU max", ".1f"),
     ("cpu_area_official", "CPU area", ".0f"),
     ("cpu_area_true", "CPU area true", ".0f"),
     ("tree_cpu_s", "tree CPU s", ".1f"),
     ("ram_peak_mib", "RAM peak MiB", ".0f"),
+    ("ram_area_official", "RAM area", ".0f"),
     ("tree_rss_peak_mib", "tree RSS MiB", ".0f"),
 ]
 
@@ -281,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     gpu_probe, gpu_note = open_gpu(args.gpu)
     gpu = gpu_probe is not None
-    notes = [gpu_note]
+    notes = [gpu_note, f"sampler: {args.sampler}"]
     if args.docker and not gpu:
         notes.append("docker runs without --gpus: no GPU to hand it")
     print("\n".join(notes), file=sys.stderr)

@@ -1,8 +1,15 @@
 """The sampler of ``profile.py``: probes read GPU, CPU and memory; a loop writes them to CSV.
 
 The loop runs in its own process, started before a case and stopped after it, like the
-challenge's monitor. It queries, then sleeps the interval (0.1 s), so its real period is the
-interval plus the query time, as the challenge's was: the official sums assume 0.1 s.
+challenge's monitor. Its real period is the interval (0.1 s) plus the query time, as the
+challenge's was: the official sums assume 0.1 s. Two orders (docs/measuring.md):
+
+- ours sleeps, then queries, so every row's CPU figures cover one whole interval;
+- ``official=True`` queries, then sleeps, as ``daemon_process`` in FLARE22's
+  ``Evaluation/Efficiency.py`` does: its first row covers only the moment since the CPU
+  baseline was read, which the +0.1 of the official formula turns into a reading near 100 %.
+
+Either loop writes one last row after ``stop()``, a sample taken after the command ended.
 
 Probes return None (NaN in the CSV) for what the machine cannot report: the GPU columns stay
 empty without NVML or a GPU, and the per-process GPU memory where the driver does not say.
@@ -126,15 +133,23 @@ def sample_loop(
     interval: float,
     read_cpu: Callable[[], CpuTimes] = cpu_times,
     read_ram: Callable[[], float] = ram_used_mib,
+    official: bool = False,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Write one row of ``Series`` columns per query until ``stop()``; then one last row."""
-    prev_t, prev_cpu = time.time(), read_cpu()
+    """Write one row of ``Series`` columns per query until ``stop()``; then one last row.
+
+    ``official`` moves the sleep after the query (see the module's docstring); ``clock`` and
+    ``sleep`` are there so that tests can replay a recorded run without waiting.
+    """
+    prev_t, prev_cpu = clock(), read_cpu()  # Efficiency.py reads its baseline at import
     prev_tree = tree.read()[0]
     while True:
-        time.sleep(interval)  # first, so that every row's CPU figures cover one interval
+        if not official:
+            sleep(interval)  # first: every row's CPU figures cover one interval
         stopping = stop()
         tree.roots = roots()
-        t, cpu = time.time(), read_cpu()
+        t, cpu = clock(), read_cpu()
         tree_cpu, tree_rss, pids = tree.read()
         used = gpu.used_mib() if gpu else None
         dt = t - prev_t
@@ -153,6 +168,8 @@ def sample_loop(
         )
         if stopping:
             return
+        if official:
+            sleep(interval)  # after, as Efficiency.py: its first row covers only the query
         prev_t, prev_cpu, prev_tree = t, cpu, tree_cpu
 
 
@@ -171,7 +188,9 @@ def container_pid(cidfile: Path) -> int | None:
     return pid or None
 
 
-def _run(csv_path: Path, gpu_index: int, interval: float, root, cidfile, ready, stop) -> None:
+def _run(
+    csv_path: Path, gpu_index: int, root, cidfile, ready, stop, interval: float, official: bool
+) -> None:
     """Process target: real probes, rows to ``csv_path``."""
     gpu, _ = open_gpu(gpu_index)
     container: list[int] = []
@@ -190,21 +209,27 @@ def _run(csv_path: Path, gpu_index: int, interval: float, root, cidfile, ready, 
             if not ready.is_set():
                 ready.set()
 
-        sample_loop(write, gpu, ProcessTree(), roots, stop.is_set, interval)
+        sample_loop(write, gpu, ProcessTree(), roots, stop.is_set, interval, official=official)
 
 
 class Sampler:
     """The sampling process of one case: ``start()``, ``watch(pid)``, ``stop() -> Series``."""
 
     def __init__(
-        self, csv_path: Path, gpu_index: int, interval: float, cidfile: Path | None = None
+        self,
+        csv_path: Path,
+        gpu_index: int,
+        interval: float,
+        cidfile: Path | None = None,
+        official: bool = False,
     ) -> None:
         ctx = mp.get_context("spawn")  # no fork of a parent that may hold threads
         self.csv_path = csv_path
         self._root = ctx.Value("i", 0)
         self._ready, self._stop = ctx.Event(), ctx.Event()
-        args = (csv_path, gpu_index, interval, self._root, cidfile, self._ready, self._stop)
-        self._process = ctx.Process(target=_run, args=args, daemon=True)
+        args = (csv_path, gpu_index, self._root, cidfile, self._ready, self._stop)
+        loop = {"interval": interval, "official": official}
+        self._process = ctx.Process(target=_run, args=args, kwargs=loop, daemon=True)
 
     def start(self, timeout: float = 60.0) -> None:
         self._process.start()

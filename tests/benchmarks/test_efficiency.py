@@ -87,7 +87,9 @@ def test_tolerance_areas_of_a_recorded_series():
     assert math.isnan(s["gpu_process_max"])
     # One CPU of two busy: official (100 - 100 * 0.1 / 0.3) per sample, true 50 %.
     assert s["cpu_area_official"] == pytest.approx(len(GPU) * (100 - 100 * 0.1 / 0.3) * 0.1)
+    assert s["cpu_max_official"] == pytest.approx(100 - 100 * 0.1 / 0.3)  # CPU_Utilization
     assert s["ram_peak_mib"] == 1000.0
+    assert s["ram_area_official"] == pytest.approx(len(GPU) * 1000.0 * 0.1)  # AUC_RAM_Time
     assert math.isnan(s["tree_rss_peak_mib"])  # no process under test
 
 
@@ -101,10 +103,12 @@ def test_true_areas_use_real_timestamps():
     gpu = np.array([2048.0, 2048.0, 4096.0, 4096.0])
     nan = np.full(4, np.nan)
     cpu = np.array([np.nan, 100.0, 100.0, 50.0])
-    s = summarize(Series(t, gpu, nan, cpu, cpu, cpu / 100, nan, nan))
+    s = summarize(Series(t, gpu, nan, cpu, cpu, cpu / 100, gpu, nan))  # RAM as the GPU
     assert s["gpu_area_official"] == pytest.approx(12288 * 0.1)  # blind to the 1 s gap
     assert s["gpu_area_true"] == pytest.approx(2048 * 0.25 + 3072 * 0.25 + 4096 * 1.0)
     assert s["gpu_area_tolerance_true"] == pytest.approx(1024 * 0.25 + 2048 * 1.0)
+    assert s["ram_area_true"] == s["gpu_area_true"]
+    assert s["ram_area_official"] == s["gpu_area_official"]
     assert s["cpu_area_true"] == pytest.approx(100 * 0.25 + 100 * 0.25 + 50 * 1.0)
     assert s["tree_cpu_core_s"] == pytest.approx(1.0)
     assert s["mean_period_s"] == pytest.approx(0.5)
