@@ -10,6 +10,7 @@
 Each step updates one network only. The discriminator sees probabilities, never logits.
 """
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -41,9 +42,21 @@ class Trainer:
         return torch.autocast(device, dtype=self.autocast_dtype)
 
 
+def _finite_gradients(optimizer: torch.optim.Optimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    return all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
+
+
 def _update(loss: torch.Tensor, optimizer, scaler) -> None:
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if not scaler.is_enabled() and not _finite_gradients(optimizer):
+        # fp16's gradient scaler skips a step whose gradients overflowed; fp32 and bf16 have no
+        # scaler, and one such step would make every weight NaN through Adam's moments. A CPU
+        # bf16 run met one at its 180th step (not repeatable: the same step replayed was finite).
+        optimizer.zero_grad(set_to_none=True)
+        print("warning: non-finite gradients, update skipped", file=sys.stderr)
+        return
     scaler.step(optimizer)
     scaler.update()
 

@@ -8,7 +8,7 @@ from training.augment import augment
 from training.config import TrainConfig
 from training.losses import one_hot, soft_dice_loss
 from training.networks import build_network, network_spec
-from training.steps import Trainer, discriminator_step, judge, poison
+from training.steps import Trainer, discriminator_step, judge, poison, supervised_step
 
 S = 32
 
@@ -96,3 +96,17 @@ def test_the_discriminator_learns_ground_truth_from_a_speckled_prediction():
     right = (judge(t, [x], truth, pred)[:, 0] > 0.5).float().mean()
     right_swapped = (judge(t, [x], pred, truth)[:, 1] > 0.5).float().mean()
     assert float(right) >= 0.9 and float(right_swapped) >= 0.9
+
+
+def test_a_step_with_non_finite_gradients_leaves_the_weights_alone(capsys):
+    # What a CPU bf16 run met once: without a gradient scaler nothing skipped the step, and
+    # Adam turned every weight into NaN.
+    net = nn.Conv3d(1, 2, 3, bias=False)
+    t = Trainer(net, torch.optim.Adam(net.parameters()), torch.amp.GradScaler(enabled=False))
+    before = net.weight.detach().clone()
+    x, target = torch.full((1, 1, 5, 5, 5), float("inf")), torch.zeros(1, 2, 3, 3, 3)
+    supervised_step(t, x, target)
+    assert torch.equal(net.weight, before)
+    assert "update skipped" in capsys.readouterr().err
+    supervised_step(t, torch.randn(1, 1, 5, 5, 5), target)  # a finite step still updates
+    assert torch.isfinite(net.weight).all() and not torch.equal(net.weight, before)
