@@ -19,23 +19,25 @@ if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks._child import median, peak_rss_mib, run_child, time_runs  # noqa: E402
+from inference.stage_info import INPUT_NAME, STAGES  # noqa: E402
 
-STAGES = ("coarse", "fine")
+
+def random_input(size: int):
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((1, 1, size, size, size), dtype=np.float32)
 
 
 def child(runtime: str, stage: str, graph: Path, runs: int, threads: int) -> dict:
-    import numpy as np
-
-    spec_size = {"coarse": 160, "fine": 192}[stage]
-    x = np.random.default_rng(0).standard_normal((1, 1, *(spec_size,) * 3), dtype=np.float32)
     if runtime == "torch":
         import torch
 
         from training.networks import build_network, network_spec
 
         torch.set_num_threads(threads)
-        net = build_network(network_spec(stage)).eval()
-        tensor = torch.from_numpy(x)
+        spec = network_spec(stage)
+        net = build_network(spec).eval()
+        tensor = torch.from_numpy(random_input(spec.input_size))
 
         def forward() -> object:
             with torch.inference_mode():
@@ -47,9 +49,11 @@ def child(runtime: str, stage: str, graph: Path, runs: int, threads: int) -> dic
 
         opts = cpu_session_options(threads)
         session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        # Without torch in this process: the size from the (static) network graph.
+        x = random_input(session.get_inputs()[0].shape[-1])
 
         def forward() -> object:
-            return session.run(None, {"image": x})
+            return session.run(None, {INPUT_NAME: x})
 
     loaded = peak_rss_mib()
     times = time_runs(forward, runs)

@@ -90,6 +90,7 @@ def child_network(weights: Path, stage: str, runs: int) -> dict:
     import onnxruntime as ort
 
     from inference.sessions import cpu_session_options
+    from inference.stage_info import INPUT_NAME
 
     path = weights / f"{stage}_network.onnx"
     session = ort.InferenceSession(
@@ -97,7 +98,7 @@ def child_network(weights: Path, stage: str, runs: int) -> dict:
     )
     size = session.get_inputs()[0].shape[-1]
     x = np.random.default_rng(0).standard_normal((1, 1, size, size, size), dtype=np.float32)
-    times = time_runs(lambda: session.run(None, {"image": x}), runs)
+    times = time_runs(lambda: session.run(None, {INPUT_NAME: x}), runs)
     return {"times": times, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
+    from inference.__main__ import TIMING_KEYS  # here: the children import only what they use
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = export_graphs(Path(tmp), args.weights)
@@ -146,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, case in cases.items():
             r = run_child(Path(__file__), ["pipeline", str(weights), str(case), *runs])
-            stages = ("read", "coarse", "region", "fine", "post", "write", "total")
-            row = {k: median([rec[k] for rec in r["records"]]) for k in stages}
+            keys = (*TIMING_KEYS, "total")
+            row = {k: median([rec[k] for rec in r["records"]]) for k in keys}
             row.update(
                 case=name,
                 shape=r["records"][0]["shape"],

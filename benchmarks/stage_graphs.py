@@ -23,10 +23,10 @@ if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks._child import median, peak_rss_mib, run_child, time_runs  # noqa: E402
+from inference.hu import HU_WINDOW  # noqa: E402
+from inference.stage_info import INPUT_NAME, STAGES  # noqa: E402
 
 SHAPE = (300, 512, 512)  # z, y, x
-WINDOW = (-325.0, 325.0)
-STAGES = ("coarse", "fine")
 
 
 def _resample(volume, size_zyx):
@@ -54,10 +54,10 @@ def host_stage(session, volume, size: int, labels_at_input: bool, timings: dict)
     import numpy as np
 
     t0 = time.perf_counter()
-    x = np.clip(_resample(volume, (size,) * 3), *WINDOW)
+    x = np.clip(_resample(volume, (size,) * 3), *HU_WINDOW)
     x = ((x - x.mean(dtype=np.float64)) / max(x.std(dtype=np.float64), 1e-3)).astype(np.float32)
     t1 = time.perf_counter()
-    (logits,) = session.run(None, {"image": x[None, None]})
+    (logits,) = session.run(None, {INPUT_NAME: x[None, None]})
     t2 = time.perf_counter()
     shape = volume.shape if labels_at_input else (size,) * 3
     best = np.zeros(shape, np.float32)
@@ -82,13 +82,13 @@ def child(variant: str, stage: str, graph: Path, volume_path: Path, runs: int, t
 
     opts = cpu_session_options(threads)
     session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
-    size = {"coarse": 160, "fine": 192}[stage]
     timings: dict[str, list[float]] = {}
     if variant == "graph":
 
         def run() -> object:
-            return session.run(None, {"image": volume})
+            return session.run(None, {INPUT_NAME: volume})
     else:
+        size = session.get_inputs()[0].shape[-1]  # the network graph's static cube
 
         def run() -> object:
             return host_stage(session, volume, size, stage == "fine", timings)
@@ -120,7 +120,7 @@ def prepare(folder: Path) -> tuple[dict[str, dict[str, Path]], Path]:
         torch.manual_seed(0)
         spec = network_spec(stage)
         net = build_network(spec).eval()
-        ckpt = StageCheckpoint(spec, StageSettings(hu_window=WINDOW), net.state_dict())
+        ckpt = StageCheckpoint(spec, StageSettings(), net.state_dict())
         staged = export_stage(ckpt, "fp32", folder, "bench", "random")
         alone = save_network_graph(net, spec.input_size, folder / f"{stage}_network.onnx")
         graphs[stage] = {"graph": staged, "host": alone}

@@ -4,10 +4,12 @@ python -m export --checkpoint coarse.pt fine.pt --out weights/
 python -m export --init random --seed 0 --out weights/
 python -m export --check weights/ [--image ct.nii.gz]
 python -m export --derive weights/ [--precision fp16]   # fp16 graphs from the stored fp32 ones
+
+Exit codes: 0 done (every graph checked passed); 1 a graph failed the --check parity, or a
+derived graph differs from manifest.json's sha256; 2 an error (one line naming the file).
 """
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from inference.hu import as_int16_hu
-from inference.stage_info import PRECISIONS
+from inference.stage_info import PRECISIONS, StageInfoError
 from training import config as configuration
 from training.checkpoint import (
     CheckpointError,
@@ -25,7 +27,9 @@ from training.checkpoint import (
     load_checkpoint,
     sha256_file,
 )
-from training.networks import build_network, network_spec
+from training.config import ConfigError
+from training.data import INDEX_NAME, CacheError, read_index
+from training.networks import SpecError, build_network, network_spec
 
 from .check import (
     FP16_AGREEMENT,
@@ -65,9 +69,9 @@ def provenance(training: dict) -> dict:
     record = dict(training)
     if "config" in training:
         record["command"] = configuration.command(configuration.from_dict(training["config"]))
-    index = Path(training.get("config", {}).get("cache", "")) / "index.json"
+    index = Path(training.get("config", {}).get("cache", "")) / INDEX_NAME
     if index.is_file():
-        cases = json.loads(index.read_text()).get("cases", {})
+        cases = read_index(index)["cases"]
         record["data"] = {
             name: {k: v for k, v in case.items() if k.endswith("sha256")}
             for name, case in sorted(cases.items())
@@ -126,8 +130,7 @@ def run_check(args: argparse.Namespace) -> int:
     cases[image.name] = as_int16_hu(sitk.GetArrayFromImage(sitk.ReadImage(str(image))))
     results = check_weights(args.check, cases)
     if not results:
-        print(f"error: {args.check}: no stage graphs found", file=sys.stderr)
-        return 2
+        raise FileNotFoundError(f"{args.check}: no stage graphs found")
     q = f"p{100 * PROB_TOL_QUANTILE:g} |dp|"
     print(f"{'graph':<16} {'case':<24} {'against':<10} {'max |dp|':>9} {q:>14} {'labels':>9}  ok")
     for r in results:
@@ -203,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.derive:
             return run_derive(args)
         return run_check(args) if args.check else run_export(args)
-    except (CheckpointError, ValueError, OSError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (CheckpointError, ConfigError, CacheError, StageInfoError, SpecError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)  # anything else is a bug: its traceback shows
+        return 2
 
 
 if __name__ == "__main__":

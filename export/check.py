@@ -23,11 +23,17 @@ import onnxruntime as ort
 import torch
 
 from inference.sessions import cpu_session_options
-from inference.stage_info import StageInfo, graph_filename
+from inference.stage_info import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    StageInfo,
+    StageInfoError,
+    graph_filename,
+)
 from training.checkpoint import StageCheckpoint, StageSettings
 from training.networks import NetworkSpec, build_network
 
-from .graphs import INPUT_NAME, WEIGHT_PREFIX
+from .graphs import WEIGHT_PREFIX
 from .onnx_file import stage_graph, stage_model
 
 PROB_TOL = 1e-4
@@ -62,7 +68,7 @@ def load_stage(path: Path) -> tuple[onnx.ModelProto, StageInfo, StageCheckpoint]
     state = {}
     for name, ref in build_network(spec).state_dict().items():
         if name not in weights:
-            raise ValueError(f"{path}: graph carries no weight {WEIGHT_PREFIX + name!r}")
+            raise StageInfoError(f"{path}: graph carries no weight {WEIGHT_PREFIX + name!r}")
         array = onnx.numpy_helper.to_array(weights[name]).astype(np.float32)
         state[name] = torch.from_numpy(array).reshape(ref.shape)
     settings = StageSettings(
@@ -112,7 +118,7 @@ def check_weights(weights: Path, cases: dict[str, np.ndarray]) -> list[ParityRes
                 providers=["CPUExecutionProvider"],
             )
         for case, image in cases.items():
-            labels, logits = session.run(["labels", logits_name], {INPUT_NAME: image})
+            labels, logits = session.run([OUTPUT_NAME, logits_name], {INPUT_NAME: image})
             with torch.no_grad():
                 tensor = torch.from_numpy(image)
                 ref = reference.logits(tensor)

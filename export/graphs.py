@@ -3,18 +3,17 @@
 import torch
 from torch import nn
 
+from inference.stage_info import INPUT_NAME, OUTPUT_NAME
 from training.checkpoint import StageSettings
 from training.transforms import assign_labels, preprocess, volume_mean
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "labels"
 WEIGHT_PREFIX = "net."  # ONNX initializers are named after the wrapper's ``net`` attribute
 
 IO_DESCRIPTION = {
-    "coarse": "image: Z x Y x X int16 HU (any size) -> labels: S x S x S uint8 on the network "
-    "grid (S = input_size), 0 background, 1..13 organs",
-    "fine": "image: Z x Y x X int16 HU crop (any size) -> labels: Z x Y x X uint8 on the input "
-    "grid, 0 background, 1..13 organs",
+    "coarse": f"{INPUT_NAME}: Z x Y x X int16 HU (any size) -> {OUTPUT_NAME}: S x S x S uint8 "
+    "on the network grid (S = input_size), 0 background, 1..13 organs",
+    "fine": f"{INPUT_NAME}: Z x Y x X int16 HU crop (any size) -> {OUTPUT_NAME}: Z x Y x X "
+    "uint8 on the input grid, 0 background, 1..13 organs",
 }
 
 

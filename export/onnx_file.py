@@ -13,10 +13,16 @@ import onnx
 import torch
 
 from inference.organs import LABEL_NAMES
-from inference.stage_info import NORMALIZATION, StageInfo, graph_filename
+from inference.stage_info import (
+    INPUT_NAME,
+    NORMALIZATION,
+    OUTPUT_NAME,
+    StageInfo,
+    graph_filename,
+)
 from training.checkpoint import StageCheckpoint, sha256_file
 
-from .graphs import INPUT_NAME, IO_DESCRIPTION, OUTPUT_NAME, StageGraph, with_exportable_norms
+from .graphs import IO_DESCRIPTION, StageGraph, with_exportable_norms
 
 OPSET = 21
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}

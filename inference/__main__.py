@@ -34,6 +34,7 @@ import onnxruntime as ort
 import SimpleITK as sitk
 
 from .io import (
+    Geometry,
     Header,
     InputError,
     case_name,
@@ -51,7 +52,8 @@ from .plausibility import plausibility_warnings
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 log = logging.getLogger("inference")
-STAGES = ("read", "coarse", "region", "fine", "post", "write")  # their sum is a record's total
+# The seconds of each step in a --timings record; their sum is its "total".
+TIMING_KEYS = ("read", "coarse", "region", "fine", "post", "write")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,10 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Loaded:
     """A case read and checked: its image, HU array, read seconds and plausibility warnings."""
 
-    image: sitk.Image
+    image: sitk.Image  # holds the voxels: ``volume`` is a view of them
     volume: np.ndarray
     seconds: float
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry.of(self.image)
 
 
 def read_case(
@@ -98,10 +104,10 @@ def read_case(
     return Loaded(image, volume, time.perf_counter() - start, warnings)
 
 
-def write_case(labels: np.ndarray, image: sitk.Image, output: Path) -> float:
+def write_case(labels: np.ndarray, geometry: Geometry, output: Path) -> float:
     """Write a case's labels (atomically); returns the seconds it took."""
     start = time.perf_counter()
-    write_labels(labels, image, output)
+    write_labels(labels, geometry, output)
     return time.perf_counter() - start
 
 
@@ -111,7 +117,7 @@ def timings_record(segmenter: Segmenter, path: Path, loaded: Loaded, result: Res
         "case": case_name(path),
         "shape": list(loaded.volume.shape),
         "providers": segmenter.providers,
-        "roi_source": result.region,
+        "roi_source": result.roi_source,
         "warnings": loaded.warnings,
         "read": loaded.seconds,
         **result.timings,
@@ -124,9 +130,9 @@ def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
     result = segmenter.segment(
         loaded.volume, loaded.image.GetSpacing(), loaded.image.GetDirection()
     )
-    write = write_case(result.labels, loaded.image, out_dir / f"{case_name(path)}.nii.gz")
+    write = write_case(result.labels, loaded.geometry, out_dir / f"{case_name(path)}.nii.gz")
     record = {**timings_record(segmenter, path, loaded, result), "write": write}
-    return {**record, "total": sum(record[k] for k in STAGES)}
+    return {**record, "total": sum(record[k] for k in TIMING_KEYS)}
 
 
 def describe(e: BaseException) -> str:
@@ -188,11 +194,14 @@ class Batch:
                 after = self.cases[n + 1]
                 reading = io.submit(read_case, after.source, sides, after.header)
             done = None if loaded is None else self._segment(compute, case, loaded)
+            # The labels are written with the image's geometry alone: its voxels go now, not
+            # after the write, which runs while the next case is segmented.
+            loaded = None
             self._finish_write(writing)
             writing = None
             if done is not None:
-                labels, record = done
-                writing = (io.submit(write_case, labels, loaded.image, case.output), case, record)
+                labels, geometry, record = done
+                writing = (io.submit(write_case, labels, geometry, case.output), case, record)
         self._finish_write(writing)
 
     def _wait_read(self, reading: Future, case: Case) -> Loaded | None:
@@ -214,8 +223,9 @@ class Batch:
 
     def _segment(
         self, compute: ThreadPoolExecutor, case: Case, loaded: Loaded
-    ) -> tuple[np.ndarray, dict] | None:
-        """The case's labels and timings record; None (and its ERROR line) if it failed."""
+    ) -> tuple[np.ndarray, Geometry, dict] | None:
+        """The case's labels, geometry and timings record; None (and its ERROR line) if it
+        failed."""
         image = loaded.image
         job = compute.submit(
             self.segmenter.segment, loaded.volume, image.GetSpacing(), image.GetDirection()
@@ -225,7 +235,8 @@ class Batch:
         except Exception as e:  # one case's failure (ORT error, memory, a bug) is its own
             self._error(f"{case.source}: segmentation failed ({describe(e)})", e)
             return None
-        return result.labels, timings_record(self.segmenter, case.source, loaded, result)
+        record = timings_record(self.segmenter, case.source, loaded, result)
+        return result.labels, loaded.geometry, record
 
     def _finish_write(self, writing: tuple[Future, Case, dict] | None) -> None:
         if writing is None:
@@ -236,11 +247,11 @@ class Batch:
         except Exception as e:
             self._error(f"{case.source}: cannot write its labels ({describe(e)})", e)
             return
-        record["total"] = sum(record[k] for k in STAGES)
+        record["total"] = sum(record[k] for k in TIMING_KEYS)
         self.written += 1
         shape = "x".join(map(str, record["shape"]))
         print(
-            f"done {case.output.name}: {shape} voxels (z, y, x), region {record['roi_source']}, "
+            f"done {case.output.name}: {shape} voxels (z, y, x), roi from {record['roi_source']}, "
             f"{record['total']:.1f} s [{self.written + self.failed}/{len(self.cases)}]",
             file=sys.stderr,
         )

@@ -3,6 +3,9 @@
 import numpy as np
 
 INT16 = np.iinfo(np.int16)
+# The paper's intensity window: training's default, exported into each graph (the runtime
+# reads a graph's own window from its metadata, never this).
+HU_WINDOW = (-325.0, 325.0)
 
 
 def as_int16_hu(volume: np.ndarray) -> np.ndarray:

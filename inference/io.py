@@ -235,9 +235,28 @@ def write_image(image: sitk.Image, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_labels(labels: np.ndarray, reference: sitk.Image, path: Path) -> None:
-    """Write uint8 ``(z, y, x)`` labels with the reference's geometry; appears atomically."""
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image's voxels lie in the patient: all its label map takes from it, so that
+    the image's voxels need not be kept until the labels are written."""
+
+    size: tuple[int, ...]  # ITK order: x, y, z
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+def write_labels(labels: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Write uint8 ``(z, y, x)`` labels with ``geometry``; appears atomically."""
     out = sitk.GetImageFromArray(labels)
-    out.CopyInformation(reference)
+    if out.GetSize() != geometry.size:
+        raise ValueError(f"{path}: labels of size {out.GetSize()} for an image of {geometry.size}")
+    out.SetSpacing(geometry.spacing)
+    out.SetOrigin(geometry.origin)
+    out.SetDirection(geometry.direction)
     out.SetMetaData("ITK_FileNotes", OUTPUT_MARK)  # NIfTI writes it as the description
     write_image(out, path)

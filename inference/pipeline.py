@@ -14,7 +14,7 @@ from .hu import as_int16_hu
 from .orientation import Orientation
 from .roi import fine_region
 from .sessions import RuntimeConfig
-from .stage_info import STAGES, StageInfo, graph_filename
+from .stage_info import INPUT_NAME, STAGES, StageInfo, graph_filename
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Stage:
     run_options: ort.RunOptions
 
     def run(self, image: np.ndarray) -> np.ndarray:
-        feeds = {"image": np.ascontiguousarray(image)}
+        feeds = {INPUT_NAME: np.ascontiguousarray(image)}
         return self.session.run(None, feeds, self.run_options)[0]
 
     def stop(self) -> None:
@@ -46,7 +46,8 @@ class Stage:
 
 
 def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
-    """The stage graph of ``config.precision`` as a session on ``config.device``."""
+    """The stage graph of ``config.precision`` as a session on ``config.device``; refused
+    (``StageInfoError``) when its metadata says it is another stage, precision or label map."""
     path = weights / graph_filename(stage, config.precision)
     if not path.is_file():
         how = "python -m export writes them"
@@ -60,6 +61,7 @@ def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
     if config.device == "cuda" and got[0] != "CUDAExecutionProvider":
         raise DeviceError(f"{path}: CUDA was requested but ONNX Runtime gave {got}")
     info = StageInfo.from_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    info.check(stage, config.precision, str(path))
     log.info("%s: %s on %s", stage, path.name, got[0])
     return Stage(session, info, config.run_options())
 
@@ -75,7 +77,7 @@ def pick_device(device: str) -> str:
 class Result:
     labels: np.ndarray  # uint8, the source array's (z, y, x) shape and order
     timings: dict[str, float] = field(default_factory=dict)
-    region: str = ""  # where the fine crop came from: "organs", "body" or "volume"
+    roi_source: str = ""  # where the fine crop came from: "organs", "body" or "volume"
 
 
 class Segmenter:
@@ -136,7 +138,7 @@ class Segmenter:
         spacing = orientation.spacing(tuple(spacing_xyz))  # type: ignore[arg-type]
         coarse = self.coarse.run(hu)
         lap("coarse")
-        box, region = fine_region(coarse, hu, spacing, self.fine.info.roi_margin_mm)
+        box, roi_source = fine_region(coarse, hu, spacing, self.fine.info.roi_margin_mm)
         lap("region")
         crop = self.fine.run(hu[box])
         lap("fine")
@@ -145,4 +147,4 @@ class Segmenter:
         labels[box] = crop
         labels = np.ascontiguousarray(orientation.undo(labels))
         lap("post")
-        return Result(labels, timings, region)
+        return Result(labels, timings, roi_source)

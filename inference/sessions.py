@@ -17,9 +17,11 @@ import onnxruntime as ort
 CUDA_PROVIDER_OPTIONS: dict[str, str] = {
     # cuDNN's implicit-GEMM algorithm, without asking cuDNN to choose. EXHAUSTIVE (the default)
     # times every algorithm of every new convolution shape in each process, paid on every case:
-    # 1.1-1.2 s per stage against 0.2-0.45 s. HEURISTIC asks cuDNN to pick: 274 MiB more GPU
-    # memory in every case and a slower coarse stage (0.51 / 0.53 / 0.62 s against 0.45 / 0.36
-    # / 0.41 s at 134 / 300 / 600 slices, in ONNX Runtime's default node order).
+    # 1.4-1.7 s more per case than HEURISTIC, 0.7-0.9 s per stage (whole process 4.05 / 4.26 /
+    # 5.58 s against 2.35 / 2.89 / 3.99 s at 134 / 300 / 600 slices: docs/runtime.md).
+    # HEURISTIC asks cuDNN to pick: 274 MiB more GPU memory in every case and a slower coarse
+    # stage (0.51 / 0.53 / 0.62 s against 0.45 / 0.36 / 0.41 s at 134 / 300 / 600 slices, in
+    # ONNX Runtime's default node order).
     # ONNX Runtime logs a "Fallback mode" warning per convolution; the CLI silences it.
     "cudnn_conv_algo_search": "DEFAULT",
     # No effect with the implicit-GEMM algorithm; the default lets cuDNN take any workspace.

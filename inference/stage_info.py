@@ -8,14 +8,19 @@ repeating constants. All values are strings in ONNX, so non-string fields travel
 import json
 from dataclasses import asdict, dataclass, fields
 
+from .organs import LABEL_NAMES
+
 PREFIX = "flare22."
+# The stage graphs' one input and one output (export names them, the runtime feeds them).
+INPUT_NAME = "image"
+OUTPUT_NAME = "labels"
 
 # How intensities are normalised inside the graph (``training.transforms.normalize``).
 NORMALIZATION = "clip to hu_window, then z-score with the resized volume's own mean and std"
 
 
 class StageInfoError(ValueError):
-    """A graph's metadata is missing or malformed."""
+    """A stage graph's metadata is missing or malformed, or not what its use needs."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,29 @@ class StageInfo:
         values["hu_window"] = tuple(values["hu_window"])
         values["labels"] = {int(k): v for k, v in values["labels"].items()}
         return cls(**values)
+
+    def check(self, stage: str, precision: str, source: str) -> None:
+        """``StageInfoError`` naming ``source`` unless this is the ``stage`` graph at
+        ``precision`` with FLARE22's label ids and names (a swapped or foreign file)."""
+        wrong = [
+            f"{what} {got!r}, expected {want!r}"
+            for what, got, want in (
+                ("stage", self.stage, stage),
+                ("precision", self.precision, precision),
+            )
+            if got != want
+        ]
+        ids = sorted(LABEL_NAMES.keys() | self.labels.keys())
+        differ = [k for k in ids if self.labels.get(k) != LABEL_NAMES.get(k)]
+        if differ:  # the first is enough to recognise another dataset's label map
+            k = differ[0]
+            wrong.append(
+                f"{len(differ)} labels differ from FLARE22's (label {k} "
+                f"{self.labels.get(k)!r}, expected {LABEL_NAMES.get(k)!r})"
+            )
+        if wrong:
+            what = f"not a FLARE22 {stage} {precision} graph"
+            raise StageInfoError(f"{source}: {what}: {'; '.join(wrong)}")
 
 
 STAGES = ("coarse", "fine")

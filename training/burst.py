@@ -48,6 +48,8 @@ from pathlib import Path
 
 import torch
 
+from inference.stage_info import STAGES
+
 from .checkpoint import StageSettings, load_checkpoint, save_checkpoint
 from .networks import NetworkSpec, build_network
 from .prepare import main as prepare_main
@@ -55,7 +57,6 @@ from .synth import main as synth_main
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"  # patient A
-STAGES = ("coarse", "fine")
 PART_BYTES = 15 * 2**20  # under the 16 MiB a file may have to come back from the GPU machine
 REPORT = "burst.json"
 # The paper's cube sizes and the CPU recipe's crops of the one labelled patient (make weights).

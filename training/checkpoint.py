@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from inference.hu import HU_WINDOW
+from inference.stage_info import STAGES
+
 from .networks import NetworkSpec, build_network
 
 FORMAT = "flare22-checkpoint/1"
 TRAINING_KEYS = ("config", "epoch", "best_dice")  # what python -m training records
-STAGES = ("coarse", "fine")
 
 
 class CheckpointError(ValueError):
@@ -29,7 +31,7 @@ class CheckpointError(ValueError):
 class StageSettings:
     """Settings trained with a stage's weights and exported with them."""
 
-    hu_window: tuple[float, float] = (-325.0, 325.0)
+    hu_window: tuple[float, float] = HU_WINDOW
     threshold: float = 0.5
     roi_margin_mm: float = 20.0
     min_component_mm3: float = 1000.0
@@ -77,7 +79,9 @@ def save_checkpoint(
     tmp.replace(path)
 
 
-def load_checkpoint(path: Path) -> StageCheckpoint:
+def read_payload(path: Path) -> dict:
+    """Everything a checkpoint file holds (training's keys too); ``CheckpointError`` naming it
+    when unreadable or not a checkpoint."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
@@ -85,6 +89,11 @@ def load_checkpoint(path: Path) -> StageCheckpoint:
         raise CheckpointError(f"{path}: cannot read checkpoint ({reason})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint")
+    return payload
+
+
+def load_checkpoint(path: Path) -> StageCheckpoint:
+    payload = read_payload(path)
     return StageCheckpoint(
         spec=NetworkSpec.from_dict(payload["spec"]),
         settings=StageSettings.from_dict(payload["settings"]),

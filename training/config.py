@@ -14,6 +14,12 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from inference.hu import HU_WINDOW
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used (unknown, of the wrong type, out of range); names it."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -58,7 +64,7 @@ class TrainConfig:
     organ_offset_prob: float = 0.5  # ... in this share of labelled samples
     noise_hu: float = 20.0  # Gaussian noise of this std in HU ...
     noise_prob: float = 0.5  # ... in this share of samples
-    hu_window: tuple[float, float] = (-325.0, 325.0)
+    hu_window: tuple[float, float] = HU_WINDOW
     # Spatial augmentation (training.spatial), after the shift and before the intensities: each
     # of rotation, scaling and elastic deformation in this share of samples, all combined into
     # one resampling. Never a flip: left and right organs have their own labels.
@@ -89,7 +95,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-# Fields a resumed run may change: how long it runs and how it reports.
+# Fields a resumed run may change: how long it runs and how it reports, and where the cache and
+# the outputs are (a resume checks the cache's content by its index's sha256 instead).
 RESUMABLE_CHANGES = frozenset({"epochs", "val_every", "log_every", "cache", "out"})
 
 
@@ -110,12 +117,19 @@ def _coerce(value: object, kind: type) -> object:
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """A config from a mapping of field names (unknown names are an error naming them)."""
+    """A config from a mapping of field names; ``ConfigError`` naming an unknown name or a
+    value of the wrong type."""
     known = {f.name: f for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-    return TrainConfig(**{k: _coerce(v, _field_type(known[k])) for k, v in values.items()})
+        raise ConfigError(f"unknown training settings: {', '.join(unknown)}")
+    coerced = {}
+    for name, value in values.items():
+        try:
+            coerced[name] = _coerce(value, _field_type(known[name]))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"setting {name} = {value!r}: {e}") from e
+    return TrainConfig(**coerced)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -137,7 +151,11 @@ def from_args(args: argparse.Namespace) -> TrainConfig:
     if getattr(args, "config", None):
         # TOML, or the config.json a run writes (so any run can be replayed from its own).
         with open(args.config, "rb") as f:
-            values.update(json.load(f) if str(args.config).endswith(".json") else tomllib.load(f))
+            try:
+                is_json = str(args.config).endswith(".json")
+                values.update(json.load(f) if is_json else tomllib.load(f))
+            except ValueError as e:  # TOMLDecodeError, JSONDecodeError
+                raise ConfigError(f"{args.config}: {e}") from e
     for f in dataclasses.fields(TrainConfig):
         given = getattr(args, f.name, None)
         if given is not None:
@@ -174,6 +192,7 @@ def write_json(config: TrainConfig, path: Path) -> None:
 
 
 __all__ = [
+    "ConfigError",
     "TrainConfig",
     "add_arguments",
     "command",

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.stage_info import STAGES
+
+from .config import ConfigError
+
 FORMAT = "flare22-cache/1"
 INDEX_NAME = "index.json"
-STAGES = ("coarse", "fine")
 KINDS = ("labelled", "unlabelled")
 
 
@@ -27,19 +30,38 @@ def _hint(cache: Path, stage: str | None = None, size: int | None = None) -> str
     return f"run: python -m training.prepare --dataset DATASET --out {cache}{extra}"
 
 
+def read_index(path: Path) -> dict:
+    """An ``index.json``; ``CacheError`` naming it when unreadable, of another format or
+    malformed (no stage settings, or a case without its kind and entries)."""
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{path}: unreadable ({e})") from e
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        got = index.get("format") if isinstance(index, dict) else None
+        raise CacheError(f"{path}: format {got!r}, expected {FORMAT!r}")
+    stages, cases = index.get("stages"), index.get("cases")
+    if not isinstance(stages, dict) or not isinstance(cases, dict):
+        raise CacheError(f"{path}: malformed (no 'stages' or 'cases' mapping)")
+    for name, record in cases.items():
+        if not (
+            isinstance(record, dict)
+            and record.get("kind") in KINDS
+            and isinstance(record.get("entries"), dict)
+        ):
+            raise CacheError(f"{path}: malformed case {name!r} (needs a kind and its entries)")
+    return index
+
+
 def load_index(cache: Path) -> dict:
-    """The cache's ``index.json``; ``CacheError`` when absent, unreadable or of another format."""
+    """The cache's ``index.json`` (``read_index``); ``CacheError`` saying how to make one."""
     path = Path(cache) / INDEX_NAME
     if not path.is_file():
         raise CacheError(f"{cache}: no training cache here (no {INDEX_NAME}); {_hint(cache)}")
     try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CacheError(f"{path}: unreadable ({e}); {_hint(cache)}") from e
-    if not isinstance(index, dict) or index.get("format") != FORMAT:
-        got = index.get("format") if isinstance(index, dict) else None
-        raise CacheError(f"{path}: format {got!r}, expected {FORMAT!r}; {_hint(cache)}")
-    return index
+        return read_index(path)
+    except CacheError as e:
+        raise CacheError(f"{e}; {_hint(cache)}") from e
 
 
 def check_cache(cache: Path, stage: str, size: int) -> None:
@@ -122,7 +144,7 @@ def split(
         raise TypeError("val must be a fraction or a list of case names, not one string")
     if isinstance(val, int | float):
         if not 0 <= val < 1:
-            raise ValueError(f"val fraction {val} is not in [0, 1)")
+            raise ConfigError(f"val fraction {val} is not in [0, 1)")
         n_val = round(val * len(unique))
         if val > 0 and len(unique) >= 2:
             n_val = min(max(n_val, 1), len(unique) - 1)
@@ -132,5 +154,5 @@ def split(
         chosen = set(val)
         unknown = sorted(chosen - set(unique))
         if unknown:
-            raise ValueError(f"validation cases not among the cases: {unknown}")
+            raise ConfigError(f"validation cases not among the cases: {unknown}")
     return [c for c in unique if c not in chosen], sorted(chosen)

@@ -18,6 +18,9 @@ from inference.organs import LABEL_NAMES, NUM_ORGANS
 
 from .checkpoint import sha256_file
 
+# What dataset.json's "labels" must say: FLARE22's organs by name, each with its id.
+FLARE_LABELS = {name: label for label, name in LABEL_NAMES.items()}
+
 
 class DatasetError(ValueError):
     """The dataset folder as a whole is unusable (exit code 2)."""
@@ -41,7 +44,7 @@ def write_dataset_json(dataset: Path, name: str, num_training: int, **extra: str
     meta = {
         "name": name,
         "channel_names": {"0": "CT"},
-        "labels": {label_name: label for label, label_name in LABEL_NAMES.items()},
+        "labels": FLARE_LABELS,
         "numTraining": num_training,
         "file_ending": ".nii.gz",
         **extra,
@@ -60,9 +63,7 @@ def labelled_cases(dataset: Path) -> list[Case]:
         raise DatasetError(f"{meta_path}: unreadable ({e})") from e
     if len(meta.get("channel_names", {"0": "CT"})) != 1:
         raise DatasetError(f"{meta_path}: {meta['channel_names']} has several channels, not CT")
-    bad = {k: v for k, v in meta.get("labels", {}).items() if v not in range(NUM_ORGANS + 1)}
-    if bad:
-        raise DatasetError(f"{meta_path}: labels {bad} are not FLARE ids 0..{NUM_ORGANS}")
+    check_labels(meta.get("labels"), meta_path)
     ending = meta.get("file_ending", ".nii.gz")
     suffix = f"_0000{ending}"
     images = sorted(p for p in (dataset / "imagesTr").iterdir() if p.name.endswith(suffix))
@@ -76,6 +77,32 @@ def labelled_cases(dataset: Path) -> list[Case]:
             file=sys.stderr,
         )
     return cases
+
+
+def _plain(name: object) -> str:
+    """A label name as compared: letter case, underscores and hyphens do not count."""
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
+
+
+def check_labels(labels: object, meta_path: Path) -> None:
+    """``DatasetError`` unless ``labels`` name FLARE22's organs with their ids: another
+    dataset's order (AMOS, BTCV) would be trained with the wrong meanings."""
+    want = {_plain(name): label for name, label in FLARE_LABELS.items()}
+    got = (
+        {_plain(name): label for name, label in labels.items()} if isinstance(labels, dict) else {}
+    )
+    if got == want:
+        return
+    problems = [f"{n!r} is {got[n]!r}, not {k}" for n, k in want.items() if got.get(n, k) != k]
+    if unknown := sorted(set(got) - set(want)):
+        problems.append(f"unknown names {unknown}")
+    if missing := [n for n in want if n not in got]:
+        problems.append(f"missing {missing}")
+    raise DatasetError(
+        f"{meta_path}: labels must map FLARE22's names to their ids "
+        f"({json.dumps(FLARE_LABELS)}; letter case and _ do not count): "
+        + ("; ".join(problems) if got else f"it has {labels!r}")
+    )
 
 
 def unlabelled_cases(folder: Path, taken: set[str]) -> list[Case]:

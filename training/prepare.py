@@ -11,8 +11,8 @@ A rerun reuses the entries whose sources (sha256) and stage settings are unchang
 the rest and deletes those of cases gone from the dataset. Settings count per stage: a new
 ``--fine-size`` rebuilds every fine entry but keeps the coarse ones, and a stage left out of
 ``--stages`` keeps its entries (unless their sources changed). A bad case prints
-``ERROR <file>: <reason>`` on stderr and is skipped; the exit code is then 1. No cases or a bad
-dataset folder: exit code 2.
+``ERROR <file>: <reason>`` on stderr and is skipped; the exit code is then 1. No cases, a bad
+dataset folder or a malformed cache ``index.json`` (delete it to rebuild): exit code 2.
 """
 
 import argparse
@@ -31,7 +31,8 @@ from inference.io import InputError, hu_array, read_ct
 from inference.orientation import Orientation
 from inference.roi import Box, body_box, grow_box
 
-from .data import FORMAT, INDEX_NAME, KINDS, STAGES
+from .checkpoint import StageSettings
+from .data import FORMAT, INDEX_NAME, KINDS, STAGES, CacheError, read_index
 from .dataset import (
     Case,
     DatasetError,
@@ -40,6 +41,7 @@ from .dataset import (
     source_sha256,
     unlabelled_cases,
 )
+from .networks import network_spec
 from .transforms import resize, resize_labels
 
 SOURCE_KEYS = ("kind", "image_sha256", "labels_sha256")  # what an entry was built from
@@ -182,7 +184,7 @@ def sources(case: Case, dataset: Path) -> dict:
 
 def reusable(old: dict, settings: dict, out: Path) -> dict:
     """The stages of the old ``index`` whose settings still hold, their files all there."""
-    if old.get("format") != FORMAT:
+    if not old:
         return {}
     keep = [s for s in STAGES if s in settings and old["stages"].get(s) == settings[s]]
     cases = {}
@@ -237,13 +239,15 @@ def prepare_case(
 
 
 def load_old(out: Path) -> dict:
+    """The cache's index, {} when there is none; ``CacheError`` when it is malformed: a
+    silent rebuild could take hours, so the user decides (deleting it rebuilds all)."""
+    path = out / INDEX_NAME
+    if not path.exists():
+        return {}
     try:
-        return json.loads((out / INDEX_NAME).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        print(f"warning: {out / INDEX_NAME}: unreadable ({e}), rebuilding all", file=sys.stderr)
-        return {}
+        return read_index(path)
+    except CacheError as e:
+        raise CacheError(f"{e}; delete it to rebuild the whole cache") from e
 
 
 def prepare(
@@ -257,11 +261,7 @@ def prepare(
     for s in STAGES:
         for k in KINDS:
             (out / s / k).mkdir(parents=True, exist_ok=True)
-    try:
-        current = reusable(old, settings, out)
-    except (KeyError, TypeError, AttributeError) as e:
-        print(f"warning: {out / INDEX_NAME}: malformed ({e!r}), rebuilding all", file=sys.stderr)
-        current = {}
+    current = reusable(old, settings, out)
     reused = built = failed = 0
     last_write = time.monotonic()
     for n, case in enumerate(cases, 1):
@@ -308,12 +308,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="cache folder (created)")
     p.add_argument("--unlabelled", type=Path, help="unlabelled images [DATASET/imagesUnlabelled]")
     p.add_argument("--no-unlabelled", action="store_true", help="prepare labelled cases only")
-    p.add_argument("--coarse-size", type=int, default=160, help="coarse input cube side")
+    side = {s: network_spec(s).input_size for s in STAGES}  # the networks' input cubes
+    p.add_argument("--coarse-size", type=int, default=side["coarse"], help="coarse cube side")
     p.add_argument("--coarse-crops", type=int, default=1, help="whole volume + random FOVs")
     p.add_argument("--min-fov-mm", type=float, default=40.0, help="shallowest FOV slab")
     p.add_argument("--fov-side-fraction", type=float, default=0.15, help="max in-plane cut")
-    p.add_argument("--fine-size", type=int, default=192, help="fine input cube side")
-    p.add_argument("--margin-mm", type=float, default=20.0, help="fine crop margin")
+    p.add_argument("--fine-size", type=int, default=side["fine"], help="fine input cube side")
+    # Training carries it into the checkpoint and export into the graph: inference crops so.
+    p.add_argument(
+        "--margin-mm", type=float, default=StageSettings.roi_margin_mm, help="fine crop margin"
+    )
     p.add_argument("--jitter-mm", type=float, default=15.0, help="max move of a crop face")
     p.add_argument("--fine-crops", type=int, default=4, help="fine crops per case")
     p.add_argument("--seed", type=int, default=0, help="seed of the crops' randomness")
@@ -345,20 +349,19 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     unlabelled = args.unlabelled or args.dataset / "imagesUnlabelled"
+    start = time.perf_counter()
     try:
         cases = labelled_cases(args.dataset)
         if not args.no_unlabelled and (args.unlabelled or unlabelled.is_dir()):
             cases += unlabelled_cases(unlabelled, {c.name for c in cases})
-    except (DatasetError, OSError) as e:
+        if not cases:
+            raise DatasetError(f"{args.dataset}: no cases (imagesTr/*_0000*, unlabelled)")
+        args.out.mkdir(parents=True, exist_ok=True)
+        stages = [s for s in STAGES if s in args.stages]
+        reused, built, failed, removed = prepare(cases, args.dataset, args.out, stages, settings)
+    except (DatasetError, CacheError, OSError) as e:  # a case's own errors are its ERROR line
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if not cases:
-        print(f"error: {args.dataset}: no cases (imagesTr/*_0000*, unlabelled)", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
-    stages = [s for s in STAGES if s in args.stages]
-    reused, built, failed, removed = prepare(cases, args.dataset, args.out, stages, settings)
     print(
         f"{args.out}: {built} cases built, {reused} reused, {failed} failed, {removed} stale "
         f"entries removed ({time.perf_counter() - start:.0f} s)",

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 
 AIR_HU = -1024.0  # what a shift or a rotation brings into view from outside the volume
 
@@ -179,13 +179,13 @@ def _crop_grid(grid: torch.Tensor, src: tuple[slice, ...], shape) -> torch.Tenso
 
 
 def check(cfg: TrainConfig) -> None:
-    """ValueError naming the setting when the spatial options cannot be drawn from."""
+    """``ConfigError`` naming the setting when the spatial options cannot be drawn from."""
     if len(cfg.rotate_deg) != 2:
-        raise ValueError(f"--rotate-deg takes 2 angles (about z, about y and x): {cfg.rotate_deg}")
+        raise ConfigError(f"--rotate-deg takes 2 angles (about z, about y and x): {cfg.rotate_deg}")
     if len(cfg.scale) != 2 or not 0 < cfg.scale[0] <= cfg.scale[1]:
-        raise ValueError(f"--scale must be LOW HIGH with 0 < LOW <= HIGH: {cfg.scale}")
+        raise ConfigError(f"--scale must be LOW HIGH with 0 < LOW <= HIGH: {cfg.scale}")
     if cfg.elastic_points < 2 or cfg.elastic_voxels < 0:
-        raise ValueError(
+        raise ConfigError(
             f"--elastic-points must be >= 2 and --elastic-voxels >= 0: "
             f"{cfg.elastic_points}, {cfg.elastic_voxels}"
         )

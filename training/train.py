@@ -4,50 +4,47 @@ One loop, top to bottom: build the networks, load the cache, then per epoch shuf
 iteration run the discriminator step, the supervised step and the unlabelled step (only the
 supervised one during the warm-up and cool-down iterations, or with ``--no-adversarial``).
 Every epoch ends with ``OUT/STAGE/last.pt``; validation Dice per organ every ``--val-every``
-epochs, ``best.pt`` when it improves. ``--resume`` continues from ``last.pt`` exactly: every
-epoch draws its randomness from (seed, epoch, rank) alone, and the checkpoint holds the
-optimisers. Under ``torchrun`` each process trains on its share (gloo on CPUs, NCCL on GPUs).
+epochs, ``best.pt`` when it improves. ``--resume`` continues from ``last.pt`` as if the run had
+never stopped: every epoch draws its randomness from (seed, epoch, rank) alone, and the
+checkpoint holds the optimisers (bit for bit in fp32 on CPUs; on GPUs only where cuDNN and
+torch are made deterministic, which this does not do). It refuses other settings, another
+number of processes and a changed cache (``index.json``'s sha256).
+
+Under ``torchrun`` each process trains on its shard (gloo on CPUs, NCCL on GPUs): all draw the
+epoch's permutation from (seed, epoch), as PyTorch's ``DistributedSampler`` does, and each
+takes every N-th entry from its rank on; patches and augmentation come from each process's own
+generators. Rank 0 logs to ``log.csv``, rank R > 0 to ``log.rankR.csv``.
 """
 
 import argparse
-import csv
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from inference.organs import NUM_ORGANS
+from inference.stage_info import STAGES
 
 from . import config as configuration
 from .augment import augment
-from .checkpoint import StageSettings, save_checkpoint
-from .config import TrainConfig
-from .data import CacheSet, split
+from .checkpoint import CheckpointError, StageSettings, read_payload, save_checkpoint, sha256_file
+from .config import ConfigError, TrainConfig
+from .data import INDEX_NAME, CacheError, CacheSet, load_index, split
+from .distributed import EpochDraws, Process, draw_epoch, init_distributed
 from .losses import one_hot
-from .networks import NetworkSpec, build_network, network_spec
+from .networks import NetworkSpec, SpecError, build_network, network_spec
 from .patches import sample_patch
+from .runlog import LOG_FIELDS, Log
 from .steps import Trainer, discriminator_step, supervised_step, unlabelled_step
 from .transforms import assign_labels, normalize
-
-LOG_FIELDS = [
-    "epoch",
-    "step",
-    "phase",
-    "dice_loss",
-    "disc_loss",
-    "disc_acc",
-    "unl_loss",
-    "confidence",
-    "lr",
-    "seconds",
-]
 
 
 class TrainingError(RuntimeError):
@@ -60,15 +57,6 @@ def specs(cfg: TrainConfig) -> tuple[NetworkSpec, NetworkSpec]:
     gen = network_spec(cfg.stage, **over, **({"channels": cfg.channels} if cfg.channels else {}))
     disc_over = {"channels": cfg.disc_channels} if cfg.disc_channels else {}
     return gen, network_spec("discriminator", input_size=gen.input_size, **disc_over)
-
-
-def seed_epoch(cfg: TrainConfig, epoch: int, rank: int, device: torch.device):
-    """Generators for one epoch of one process, from (seed, epoch, rank) only."""
-    seed = (cfg.seed * 1_000_003 + epoch * 7919 + rank) % 2**63
-    torch.manual_seed(seed)  # dropout, on every device
-    cpu = torch.Generator().manual_seed(seed)
-    dev = torch.Generator(device=device).manual_seed(seed) if device.type != "cpu" else cpu
-    return np.random.default_rng(seed), cpu, dev
 
 
 def batch(
@@ -108,8 +96,8 @@ def network_input(hu: torch.Tensor, cfg: TrainConfig, device: torch.device) -> t
     return normalize(hu[:, None].to(device), cfg.hu_window)
 
 
-def phase(cfg: TrainConfig, step: int, total: int, has_unlabelled: bool) -> str:
-    if not (cfg.adversarial and has_unlabelled):
+def phase(cfg: TrainConfig, step: int, total: int) -> str:
+    if not cfg.adversarial:
         return "supervised"
     if step < cfg.warmup_iters:
         return "warmup"
@@ -118,18 +106,24 @@ def phase(cfg: TrainConfig, step: int, total: int, has_unlabelled: bool) -> str:
 
 @torch.no_grad()
 def validate(
-    net: torch.nn.Module, data: CacheSet, indices, cfg, device, autocast=None
+    net: nn.Module,
+    data: CacheSet,
+    cfg: TrainConfig,
+    device: torch.device,
+    threshold: float,
+    autocast=None,
 ) -> list[float]:
-    """Dice per organ over ``indices`` at the network's resolution (NaN: absent everywhere)."""
+    """Dice per organ over ``data`` at the network's resolution, labels assigned at the
+    stage's ``threshold`` as its graph will (NaN: absent everywhere)."""
     net.eval()
     autocast = autocast or nullcontext()
     hits = np.zeros(NUM_ORGANS)
     sizes = np.zeros(NUM_ORGANS)
-    for i in indices:
+    for i in range(len(data)):
         image, labels = batch(data, [i])
         with autocast:
             logits = net(network_input(image, cfg, device)).float()
-        pred = assign_labels(logits, None, 0.5).cpu()
+        pred = assign_labels(logits, None, threshold).cpu()
         for k in range(1, NUM_ORGANS + 1):
             p, g = pred == k, labels == k
             hits[k - 1] += 2 * (p & g).sum().item()
@@ -137,77 +131,22 @@ def validate(
     return [h / s if s else math.nan for h, s in zip(hits, sizes, strict=True)]
 
 
-def resume_state(cfg: TrainConfig, resume: bool) -> dict | None:
-    """The state of ``last.pt`` to continue from; None to start afresh."""
-    path = cfg.run_dir / "last.pt"
-    if not path.exists():
-        return None
-    if not resume:
-        raise TrainingError(f"{path} exists: pass --resume to continue it, or another --out")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    changed = configuration.differences(configuration.from_dict(state["config"]), cfg)
-    if changed:
-        raise TrainingError(f"{path}: was trained with other settings ({', '.join(changed)})")
-    return state
+@dataclass(frozen=True)
+class Data:
+    """The cache's sets this run trains and validates on, and what it records of the cache."""
+
+    train: CacheSet
+    val: CacheSet
+    val_label: str  # what ``val`` holds, for the messages
+    unlabelled: CacheSet
+    index_sha256: str  # a resume must find the same cache
+    settings: StageSettings  # what the checkpoints carry into the exported graph
 
 
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment, or a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
-class Log:
-    """Rows to ``log.csv`` and ``val.csv`` (rank 0); a resumed run keeps only earlier epochs."""
-
-    def __init__(self, run_dir: Path, resume_epoch: int, active: bool) -> None:
-        self.active = active
-        self.path, self.val_path = run_dir / "log.csv", run_dir / "val.csv"
-        if not active:
-            return
-        organs = [f"dice_{k}" for k in range(1, NUM_ORGANS + 1)]
-        self._start(self.path, LOG_FIELDS, lambda r: int(r["epoch"]) < resume_epoch)
-        self._start(
-            self.val_path,
-            ["epoch", "mean_dice", *organs],
-            lambda r: int(r["epoch"]) <= resume_epoch,
-        )
-
-    @staticmethod
-    def _start(path: Path, fields: list[str], keep) -> None:
-        rows = []
-        if path.exists():
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if keep(r)]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-
-    def row(self, path: Path, values: dict) -> None:
-        if self.active:
-            with open(path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=list(values)).writerow(values)
-
-
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
-    """Run training as configured; returns the run folder.
-
-    ``resume`` continues ``last.pt``; ``stop_after`` > 0 ends this invocation after that many
-    epochs (a later ``resume`` goes on as if never stopped: CPU time adds up over runs).
-    """
-    rank, world, device = init_distributed()
-    gen_spec, disc_spec = specs(cfg)
+def load_data(cfg: TrainConfig, size: int) -> Data:
+    """The cache's sets for ``cfg`` (checked to be built for ``size``^3 inputs)."""
     cache = Path(cfg.cache)
-    labelled = CacheSet(cache, cfg.stage, "labelled", size=gen_spec.input_size)
+    labelled = CacheSet(cache, cfg.stage, "labelled", size=size)
     unlabelled = CacheSet(cache, cfg.stage, "unlabelled")
     if cfg.adversarial and not len(unlabelled):
         raise TrainingError(f"{cfg.cache}: no unlabelled images; pass --no-adversarial")
@@ -217,131 +156,232 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
     # No validation cases (a one-patient dataset): report Dice on the training cases.
     val_set = CacheSet(cache, cfg.stage, "labelled", cases=val_cases) if val_cases else train_set
     val_label = "validation" if val_cases else "training (no validation cases)"
+    # The fine crop margin prepare used: inference must crop as the fine network was taught.
+    fine = load_index(cache)["stages"].get("fine") or {}
+    margin = fine.get("margin_mm", StageSettings.roi_margin_mm)
+    settings = StageSettings(hu_window=cfg.hu_window, roi_margin_mm=margin)
+    index_sha256 = sha256_file(cache / INDEX_NAME)
+    return Data(train_set, val_set, val_label, unlabelled, index_sha256, settings)
 
-    torch.manual_seed(cfg.seed)  # the He-normal initialisation, the same in every process
+
+def build_trainer(
+    cfg: TrainConfig, gen_spec: NetworkSpec, disc_spec: NetworkSpec, device: torch.device
+) -> Trainer:
+    """The networks, freshly initialised (the same in every process), and their optimisers."""
+    torch.manual_seed(cfg.seed)  # the He-normal initialisation
     net = build_network(gen_spec).to(device)
     amp = cfg.amp and device.type == "cuda"
     # bf16 has fp32's range: no gradient scaling, so the scalers stay disabled on a CPU.
     cpu_bf16 = cfg.cpu_bf16 and device.type == "cpu"
-    autocast = torch.float16 if amp else torch.bfloat16 if cpu_bf16 else None
     t = Trainer(
         net,
         torch.optim.Adam(net.parameters(), cfg.lr, cfg.betas),
         torch.amp.GradScaler(enabled=amp),
-        autocast_dtype=autocast,
+        autocast_dtype=torch.float16 if amp else torch.bfloat16 if cpu_bf16 else None,
         bce_weight=cfg.bce_weight,
     )
     if cfg.adversarial:
         t.disc = build_network(disc_spec).to(device)
         t.disc_optimizer = torch.optim.Adam(t.disc.parameters(), cfg.disc_lr, cfg.betas)
         t.disc_scaler = torch.amp.GradScaler(enabled=amp)
+    return t
 
-    state = resume_state(cfg, resume)
-    start_epoch, best = 0, -1.0
-    if state:
-        net.load_state_dict(state["model"])
-        t.optimizer.load_state_dict(state["optimizer"])
-        t.scaler.load_state_dict(state["scaler"])
-        if t.disc is not None:
-            t.disc.load_state_dict(state["discriminator"])
-            t.disc_optimizer.load_state_dict(state["disc_optimizer"])
-            t.disc_scaler.load_state_dict(state["disc_scaler"])
-        start_epoch, best = state["epoch"], state["best_dice"]
-    raw_net, raw_disc = t.net, t.disc
-    if world > 1:
+
+def resume_state(cfg: TrainConfig, resume: bool, proc: Process, index_sha256: str) -> dict | None:
+    """The state of ``last.pt`` to continue from; None to start afresh. Refused when that run
+    had other settings, another number of processes (its shards and batches) or another cache.
+    Checkpoints from before the last two were recorded count as one process, cache unknown."""
+    path = cfg.run_dir / "last.pt"
+    if not path.exists():
+        return None
+    if not resume:
+        raise TrainingError(f"{path} exists: pass --resume to continue it, or another --out")
+    state = read_payload(path)
+    changed = configuration.differences(configuration.from_dict(state["config"]), cfg)
+    if changed:
+        raise TrainingError(f"{path}: was trained with other settings ({', '.join(changed)})")
+    world = state.get("world_size", 1)
+    if world != proc.world:
+        raise TrainingError(
+            f"{path}: was trained by {world} process(es), not {proc.world}; resume it with as "
+            f"many (torchrun --nproc-per-node {world}), or start a new run (another --out)"
+        )
+    index = Path(cfg.cache) / INDEX_NAME
+    recorded = state.get("cache_sha256")
+    if recorded is None and proc.rank == 0:
+        print(f"warning: {path} does not record its cache; {index} is not checked", file=sys.stderr)
+    if recorded is not None and recorded != index_sha256:
+        raise TrainingError(
+            f"{path}: was trained on another cache ({index} has changed); resume with that "
+            "cache, or start a new run (another --out)"
+        )
+    return state
+
+
+def restore(t: Trainer, state: dict) -> tuple[int, float]:
+    """Load the networks, optimisers and scalers of ``state``; its (epochs done, best Dice)."""
+    t.net.load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scaler.load_state_dict(state["scaler"])
+    if t.disc is not None:
+        t.disc.load_state_dict(state["discriminator"])
+        t.disc_optimizer.load_state_dict(state["disc_optimizer"])
+        t.disc_scaler.load_state_dict(state["disc_scaler"])
+    return state["epoch"], state["best_dice"]
+
+
+@dataclass
+class Run:
+    """One process's run once set up: what the epochs, validation and saving work with."""
+
+    cfg: TrainConfig
+    proc: Process
+    data: Data
+    t: Trainer  # its networks wrapped for DistributedDataParallel under torchrun
+    net: nn.Module  # the generator itself: validated and saved
+    disc: nn.Module | None
+    gen_spec: NetworkSpec
+    disc_spec: NetworkSpec
+    iters: int  # per epoch
+    log: Log
+    best: float  # best mean validation Dice so far
+
+
+def set_up(cfg: TrainConfig, resume: bool, proc: Process) -> tuple[Run, int]:
+    """The run, built and (``resume``) restored; the epoch it starts at."""
+    gen_spec, disc_spec = specs(cfg)
+    data = load_data(cfg, gen_spec.input_size)
+    t = build_trainer(cfg, gen_spec, disc_spec, proc.device)
+    state = resume_state(cfg, resume, proc, data.index_sha256)
+    start_epoch, best = restore(t, state) if state else (0, -1.0)
+    net, disc = t.net, t.disc
+    if proc.world > 1:
         t.net = DistributedDataParallel(net)
-        if t.disc is not None:
-            t.disc = DistributedDataParallel(t.disc)
-
-    per_rank = math.ceil(len(train_set) / world)
+        if disc is not None:
+            t.disc = DistributedDataParallel(disc)
+    per_rank = math.ceil(len(data.train) / proc.world)
     iters = cfg.iters_per_epoch or math.ceil(per_rank / cfg.batch_labelled)
-    total = cfg.epochs * iters
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if proc.rank == 0:
         configuration.write_json(cfg, cfg.run_dir / "config.json")
         print(
-            f"{cfg.stage}: {len(train_set)} training and {len(val_set)} {val_label} volumes, "
-            f"{len(unlabelled)} unlabelled, {world} process(es) on {device}, "
-            f"{iters} iterations x {cfg.epochs} epochs",
+            f"{cfg.stage}: {len(data.train)} training and {len(data.val)} {data.val_label} "
+            f"volumes, {len(data.unlabelled)} unlabelled, {proc.world} process(es) on "
+            f"{proc.device}, {iters} iterations x {cfg.epochs} epochs",
             file=sys.stderr,
         )
-    log = Log(cfg.run_dir, start_epoch, rank == 0)
-    settings = StageSettings(hu_window=cfg.hu_window)
+    log = Log(cfg.run_dir, start_epoch, proc.rank)
+    return Run(cfg, proc, data, t, net, disc, gen_spec, disc_spec, iters, log, best), start_epoch
 
+
+def take(order: list[int], it: int, size: int) -> list[int]:
+    """Batch ``it`` of ``size`` entries of ``order``, wrapping around its end."""
+    return [order[(it * size + j) % len(order)] for j in range(size)]
+
+
+def train_step(run: Run, draws: EpochDraws, it: int, step: int) -> dict:
+    """Iteration ``it`` of the epoch: the steps its phase runs; its log row's values."""
+    cfg, t, data, device = run.cfg, run.t, run.data, run.proc.device
+    entries = take(draws.order, it, cfg.batch_labelled)
+    hu, labels = augment(*batch(data.train, entries, cfg, draws.rng), cfg, draws.cpu)
+    x, target = network_input(hu, cfg, device), one_hot(labels.to(device), NUM_ORGANS)
+    row = {
+        "phase": phase(cfg, step, cfg.epochs * run.iters),
+        "entries": " ".join(data.train.names[i] for i in entries),
+    }
+    if row["phase"] == "adversarial":
+        row["disc_loss"], row["disc_acc"] = discriminator_step(t, x, target, cfg, draws.dev)
+    row["dice_loss"] = supervised_step(t, x, target)
+    if row["phase"] == "adversarial":
+        u_entries = take(draws.u_order, it, cfg.batch_unlabelled)
+        u_hu = batch(data.unlabelled, u_entries, cfg, draws.rng)[0]
+        u = network_input(augment(u_hu, None, cfg, draws.cpu)[0], cfg, device)
+        row["unl_loss"], row["confidence"] = unlabelled_step(t, u, cfg, draws.dev)
+    return row
+
+
+def train_epoch(run: Run, epoch: int) -> None:
+    """This process's iterations of ``epoch``, each a row of its log."""
+    cfg = run.cfg
+    draws = draw_epoch(cfg.seed, epoch, run.proc, (len(run.data.train), len(run.data.unlabelled)))
+    lr = cfg.lr * (0.5 if epoch >= cfg.lr_halve_epoch else 1.0)
+    for group in run.t.optimizer.param_groups:
+        group["lr"] = lr
+    for it in range(run.iters):
+        step, started = epoch * run.iters + it, time.perf_counter()
+        row = {"epoch": epoch, "step": step, **train_step(run, draws, it, step)}
+        row.update(lr=lr, seconds=round(time.perf_counter() - started, 3))
+        run.log.row(run.log.path, {k: row.get(k, "") for k in LOG_FIELDS})
+        if run.proc.rank == 0 and (step % cfg.log_every == 0 or it == run.iters - 1):
+            shown = " ".join(
+                f"{k} {v:.4f}"
+                for k, v in row.items()
+                if isinstance(v, float) and k not in ("lr", "seconds")
+            )
+            print(
+                f"epoch {epoch} step {step} {row['phase']}: {shown} ({row['seconds']:.2f} s)",
+                file=sys.stderr,
+            )
+
+
+def validation(run: Run, epoch: int) -> float:
+    """Validation Dice after ``epoch``, logged and printed; its mean over the organs."""
+    data, threshold = run.data, run.data.settings.threshold
+    dice = validate(run.net, data.val, run.cfg, run.proc.device, threshold, run.t.autocast())
+    mean = float(np.nanmean(dice)) if not np.isnan(dice).all() else 0.0
+    values = {"epoch": epoch + 1, "mean_dice": mean}
+    run.log.row(run.log.val_path, values | {f"dice_{k + 1}": d for k, d in enumerate(dice)})
+    print(f"epoch {epoch + 1}: {data.val_label} Dice {mean:.4f}", file=sys.stderr)
+    return mean
+
+
+def save_epoch(run: Run, epoch: int) -> None:
+    """Rank 0, after ``epoch``: validation when due (``best.pt`` when it improves), then
+    ``last.pt`` with all a resume needs."""
+    cfg, proc = run.cfg, run.proc
+    extra = {
+        "config": cfg.to_dict(),
+        "epoch": epoch + 1,
+        "best_dice": run.best,
+        "world_size": proc.world,
+        "cache_sha256": run.data.index_sha256,
+    }
+    if proc.device.type == "cuda":  # what the stage needs on a GPU (training.burst reports it)
+        extra["cuda_peak_mib"] = torch.cuda.max_memory_allocated(proc.device) / 2**20
+    save = (run.net, run.gen_spec, run.data.settings)
+    if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+        mean = validation(run, epoch)
+        if mean > run.best:
+            run.best = extra["best_dice"] = mean
+            save_checkpoint(cfg.run_dir / "best.pt", *save, **extra)
+    t = run.t
+    extra.update(optimizer=t.optimizer.state_dict(), scaler=t.scaler.state_dict())
+    if run.disc is not None:
+        extra.update(
+            discriminator=run.disc.state_dict(),
+            disc_spec=run.disc_spec.to_json(),
+            disc_optimizer=t.disc_optimizer.state_dict(),
+            disc_scaler=t.disc_scaler.state_dict(),
+        )
+    save_checkpoint(cfg.run_dir / "last.pt", *save, **extra)
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
+    """Run training as configured; returns the run folder.
+
+    ``resume`` continues ``last.pt``; ``stop_after`` > 0 ends this invocation after that many
+    epochs (a later ``resume`` goes on as if never stopped: CPU time adds up over runs).
+    """
+    proc = init_distributed()
+    run, start_epoch = set_up(cfg, resume, proc)
     end_epoch = min(cfg.epochs, start_epoch + stop_after) if stop_after else cfg.epochs
     for epoch in range(start_epoch, end_epoch):
-        rng, g_cpu, g_dev = seed_epoch(cfg, epoch, rank, device)
-        lr = cfg.lr * (0.5 if epoch >= cfg.lr_halve_epoch else 1.0)
-        for group in t.optimizer.param_groups:
-            group["lr"] = lr
-        order = rng.permutation(len(train_set))[rank::world].tolist()
-        u_order = rng.permutation(len(unlabelled))[rank::world].tolist()
-        for it in range(iters):
-            step, started = epoch * iters + it, time.perf_counter()
-            take = [
-                order[(it * cfg.batch_labelled + j) % len(order)] for j in range(cfg.batch_labelled)
-            ]
-            hu, labels = augment(*batch(train_set, take, cfg, rng), cfg, g_cpu)
-            x, target = network_input(hu, cfg, device), one_hot(labels.to(device), NUM_ORGANS)
-            row = {"epoch": epoch, "step": step, "phase": phase(cfg, step, total, True)}
-            if row["phase"] == "adversarial":
-                row["disc_loss"], row["disc_acc"] = discriminator_step(t, x, target, cfg, g_dev)
-            row["dice_loss"] = supervised_step(t, x, target)
-            if row["phase"] == "adversarial":
-                take_u = [
-                    u_order[(it * cfg.batch_unlabelled + j) % len(u_order)]
-                    for j in range(cfg.batch_unlabelled)
-                ]
-                u = network_input(
-                    augment(batch(unlabelled, take_u, cfg, rng)[0], None, cfg, g_cpu)[0],
-                    cfg,
-                    device,
-                )
-                row["unl_loss"], row["confidence"] = unlabelled_step(t, u, cfg, g_dev)
-            row.update(lr=lr, seconds=round(time.perf_counter() - started, 3))
-            log.row(log.path, {k: row.get(k, "") for k in LOG_FIELDS})
-            if rank == 0 and (step % cfg.log_every == 0 or it == iters - 1):
-                shown = " ".join(
-                    f"{k} {v:.4f}"
-                    for k, v in row.items()
-                    if isinstance(v, float) and k not in ("lr", "seconds")
-                )
-                print(
-                    f"epoch {epoch} step {step} {row['phase']}: {shown} ({row['seconds']:.2f} s)",
-                    file=sys.stderr,
-                )
-
-        if rank == 0:
-            extra = {"config": cfg.to_dict(), "epoch": epoch + 1, "best_dice": best}
-            if device.type == "cuda":  # what the stage needs on a GPU (training.burst reports it)
-                extra["cuda_peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-            if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
-                dice = validate(raw_net, val_set, range(len(val_set)), cfg, device, t.autocast())
-                mean = float(np.nanmean(dice)) if not np.isnan(dice).all() else 0.0
-                log.row(
-                    log.val_path,
-                    {
-                        "epoch": epoch + 1,
-                        "mean_dice": mean,
-                        **{f"dice_{k + 1}": d for k, d in enumerate(dice)},
-                    },
-                )
-                print(f"epoch {epoch + 1}: {val_label} Dice {mean:.4f}", file=sys.stderr)
-                if mean > best:
-                    best = extra["best_dice"] = mean
-                    save_checkpoint(cfg.run_dir / "best.pt", raw_net, gen_spec, settings, **extra)
-            extra.update(optimizer=t.optimizer.state_dict(), scaler=t.scaler.state_dict())
-            if raw_disc is not None:
-                extra.update(
-                    discriminator=raw_disc.state_dict(),
-                    disc_spec=disc_spec.to_json(),
-                    disc_optimizer=t.disc_optimizer.state_dict(),
-                    disc_scaler=t.disc_scaler.state_dict(),
-                )
-            save_checkpoint(cfg.run_dir / "last.pt", raw_net, gen_spec, settings, **extra)
-        if world > 1:
+        train_epoch(run, epoch)
+        if proc.rank == 0:
+            save_epoch(run, epoch)
+        if proc.world > 1:
             dist.barrier()
-    if world > 1:
+    if proc.world > 1:
         dist.destroy_process_group()
     return cfg.run_dir
 
@@ -359,10 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = configuration.from_args(args)
-        if cfg.stage not in ("coarse", "fine"):
-            raise ValueError(f"--stage must be coarse or fine, not {cfg.stage!r}")
+        if cfg.stage not in STAGES:
+            raise ConfigError(f"--stage must be coarse or fine, not {cfg.stage!r}")
         train(cfg, args.resume, args.stop_after)
-    except (TrainingError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (TrainingError, ConfigError, CacheError, CheckpointError, SpecError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)  # anything else is a bug: its traceback shows
         return 2
     return 0

@@ -12,7 +12,7 @@ import torch
 from export.__main__ import main as export_main
 from export.check import check_weights, random_cases
 from inference.organs import LABEL_NAMES
-from inference.stage_info import StageInfo, graph_filename
+from inference.stage_info import INPUT_NAME, StageInfo, graph_filename
 from tests.helpers import SMALL, SMALL_RANDOM_GRAPHS
 from training.checkpoint import (
     CheckpointError,
@@ -70,9 +70,9 @@ def test_graphs_take_any_volume_and_return_uint8_labels(weights, precision):
     fine = session(weights / graph_filename("fine", precision))
     for shape in [(7, 33, 20), (50, 41, 64)]:
         image = np.random.default_rng(0).integers(-1000, 1000, shape, dtype=np.int16)
-        (labels,) = coarse.run(None, {"image": image})
+        (labels,) = coarse.run(None, {INPUT_NAME: image})
         assert labels.shape == (32, 32, 32) and labels.dtype == np.uint8
-        (labels,) = fine.run(None, {"image": image})
+        (labels,) = fine.run(None, {INPUT_NAME: image})
         assert labels.shape == shape and labels.dtype == np.uint8
         assert labels.max() <= 13
 
@@ -88,6 +88,7 @@ def test_graphs_match_torch_on_random_and_real_ct(weights, sample_ct):
     assert all(r.label_agreement >= 0.9999 and r.quantile_prob_diff <= 1e-4 for r in fp32)
 
 
+@pytest.mark.slow  # two parity checks of four graphs: 32 s on a busy 2-core CPU
 def test_check_fails_when_metadata_does_not_describe_the_graph(weights, tmp_path):
     for f in weights.iterdir():
         shutil.copy(f, tmp_path / f.name)
@@ -137,8 +138,25 @@ def test_checkpoint_round_trip_and_bad_files(checkpoints, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"bad\.pt"):
         load_checkpoint(bad)
-    assert export_main(["--checkpoint", str(bad), "--out", str(tmp_path / "w")]) == 1
+    assert export_main(["--checkpoint", str(bad), "--out", str(tmp_path / "w")]) == 2
     assert not (tmp_path / "w").exists()
+
+
+def test_exit_codes_tell_a_parity_failure_from_an_error(tmp_path, capsys, monkeypatch):
+    import export.__main__ as cli
+
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    assert "1 a graph failed the --check parity" in capsys.readouterr().out
+    assert export_main(["--check", str(tmp_path)]) == 2  # no graphs: an error, not a failure
+    assert "no stage graphs found" in capsys.readouterr().err
+
+    def broken(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "run_export", broken)
+    with pytest.raises(RuntimeError, match="a bug"):  # not swallowed into one line
+        export_main([*SMALL_RANDOM_GRAPHS, "--out", str(tmp_path)])
 
 
 def test_settings_are_a_frozen_record():

@@ -306,7 +306,8 @@ def test_each_finished_case_is_a_line_when_stderr_is_not_a_terminal(
     assert len(lines) == 2
     for name, line in zip("ab", lines, strict=True):
         assert line.startswith(f"done {name}.nii.gz: 56x51x61 voxels")
-        assert "region " in line and line.split(", ")[-1].split(" s")[0].replace(".", "").isdigit()
+        seconds = line.split(", ")[-1].split(" s")[0]
+        assert "roi from " in line and seconds.replace(".", "").isdigit()
 
 
 # 9. Plausibility warnings.

@@ -4,13 +4,26 @@ import gzip
 import json
 import shutil
 import subprocess
+import sys
 
 import numpy as np
+import onnx
+import pytest
 import SimpleITK as sitk
 
+import inference.__main__ as cli
+from inference.__main__ import TIMING_KEYS
 from inference.__main__ import main as infer_main
+from inference.io import Geometry
 from inference.orientation import Orientation
-from tests.helpers import ROOT, SAMPLE_CT, reoriented, write_dicom_series
+from inference.stage_info import PREFIX
+from tests.helpers import (
+    ROOT,
+    SAMPLE_CT,
+    bundled_case_shortfalls,
+    reoriented,
+    write_dicom_series,
+)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -54,8 +67,8 @@ def test_outputs_keep_geometry_and_follow_the_anatomy(small_weights, tmp_path):
         "body",
         "volume",
     }
-    stages = ("read", "coarse", "region", "fine", "post", "write")
-    assert all(record[k] >= 0 for k in stages) and record["total"] >= sum(record[k] for k in stages)
+    assert all(record[k] >= 0 for k in TIMING_KEYS)
+    assert record["total"] >= sum(record[k] for k in TIMING_KEYS)
 
 
 def test_bad_inputs_are_reported_and_skipped(small_weights, tmp_path, capsys):
@@ -99,11 +112,12 @@ def test_no_inputs_is_exit_code_2(small_weights, tmp_path, capsys):
     assert "no input images" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the shipped paper-size graphs on a real CT
 def test_predict_sh_runs_the_cli(small_weights, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     sitk.WriteImage(sitk.ReadImage(str(SAMPLE_CT)), str(inputs / "x_0000.nii.gz"))
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": __import__("sys").executable}
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
     done = subprocess.run(
         [str(ROOT / "predict.sh"), str(inputs), str(tmp_path / "out")],
         env=env,
@@ -126,6 +140,20 @@ def test_predict_sh_runs_the_cli(small_weights, tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "out2" / "x.nii.gz").exists()
+
+
+@pytest.mark.slow  # the shipped paper-size graphs on a real CT
+def test_the_shipped_weights_find_the_organs_of_the_bundled_case(tmp_path):
+    # What the container test checks too, without Docker: python -m inference, its default
+    # weights (weights/), the bundled CT.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(SAMPLE_CT, inputs / "caseA_0000.nii.gz")
+    cli = [sys.executable, "-m", "inference", "-i", str(inputs), "-o", str(tmp_path / "out")]
+    done = subprocess.run([*cli, "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "caseA.nii.gz")))
+    assert not bundled_case_shortfalls(labels)
 
 
 def test_reoriented_test_images_hold_the_same_anatomy():
@@ -191,5 +219,55 @@ def test_a_batch_reads_ahead_and_writes_behind_in_order(
     assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "c.nii.gz"]
     records = [json.loads(line) for line in timings.read_text().splitlines()]
     assert [r["case"] for r in records] == ["a", "c"]
-    stages = ("read", "coarse", "region", "fine", "post", "write")
-    assert all(r["total"] == sum(r[k] for k in stages) for r in records)
+    assert all(r["total"] == sum(r[k] for k in TIMING_KEYS) for r in records)
+
+
+# AMOS's organ order: another dataset's label map under FLARE22's ids.
+AMOS_LABELS = '{"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney"}'
+
+
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("stage", "fine", "stage 'fine', expected 'coarse'"),
+        ("precision", "fp16", "precision 'fp16', expected 'fp32'"),
+        ("labels", AMOS_LABELS, "label 1 'spleen', expected 'liver'"),
+    ],
+)
+def test_a_graph_whose_metadata_is_not_what_was_asked_for_is_refused(
+    small_weights, tmp_path, capsys, key, value, named
+):
+    weights = tmp_path / "weights"
+    shutil.copytree(small_weights, weights)
+    path = weights / "coarse_fp32.onnx"
+    model = onnx.load(path)
+    for prop in model.metadata_props:
+        if prop.key == PREFIX + key:
+            prop.value = value
+    onnx.save(model, path)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(SAMPLE_CT, inputs / "a_0000.nii.gz")
+    assert run(weights, inputs, tmp_path / "out") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {path}: not a FLARE22 coarse fp32 graph") and named in line
+
+
+def test_labels_are_written_from_the_geometry_alone(small_weights, tmp_path, monkeypatch):
+    # The I/O thread gets the image's geometry, not the image: its voxels are not kept alive
+    # until its labels are written, while the next case is segmented.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a_0000.nii.gz", "b_0000.nii.gz"):
+        shutil.copy(SAMPLE_CT, inputs / name)
+    given = []
+
+    def write_case(labels, geometry, output):
+        given.append(geometry)
+        return cli.write_labels(labels, geometry, output) or 0.0
+
+    monkeypatch.setattr(cli, "write_case", write_case)
+    assert run(small_weights, inputs, tmp_path / "out") == 0
+    assert given == [Geometry.of(sitk.ReadImage(str(SAMPLE_CT)))] * 2
+    out = sitk.ReadImage(str(tmp_path / "out" / "a.nii.gz"))
+    assert Geometry.of(out) == given[0]

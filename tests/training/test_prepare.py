@@ -12,6 +12,7 @@ import torch
 from inference.orientation import Orientation
 from tests.helpers import reoriented
 from training.data import CacheError, CacheSet, check_cache, load_index, split
+from training.dataset import FLARE_LABELS
 from training.prepare import main
 from training.transforms import resize_labels
 
@@ -58,7 +59,7 @@ def make_dataset(root: Path) -> Path:
         (dataset / sub).mkdir(parents=True)
     meta = {
         "channel_names": {"0": "CT"},
-        "labels": {"background": 0, "liver": 1},
+        "labels": FLARE_LABELS,
         "numTraining": 3,
         "file_ending": ".nii.gz",
     }
@@ -307,3 +308,57 @@ def test_coarse_fields_of_view_are_random_slabs_of_the_volume(dataset, tmp_path)
     before = snapshot(out)
     assert run(dataset, out, *fov, "--stages", "coarse") == 0
     assert snapshot(out) == before  # reused, and the same crops if rebuilt
+
+
+# AMOS's dataset.json: its own organ order under ids FLARE22 gives to other organs.
+AMOS = {"background": 0, "spleen": 1, "right_kidney": 2, "left_kidney": 3, "gall_bladder": 4}
+
+
+@pytest.mark.parametrize(
+    "labels, named",
+    [
+        (AMOS, "'spleen' is 1, not 3"),
+        ({}, "it has {}"),
+        ({**FLARE_LABELS, "liver": 2}, "'liver' is 2, not 1"),
+    ],
+    ids=["amos", "empty", "swapped"],
+)
+def test_a_label_map_other_than_flare22s_is_refused(own_dataset, tmp_path, capsys, labels, named):
+    meta = json.loads((own_dataset / "dataset.json").read_text())
+    (own_dataset / "dataset.json").write_text(json.dumps({**meta, "labels": labels}))
+    assert run(own_dataset, tmp_path / "cache") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {own_dataset / 'dataset.json'}: labels must map FLARE22")
+    assert named in line and '"right kidney": 2' in line
+    assert not (tmp_path / "cache").exists()
+
+
+def test_label_names_may_differ_in_case_and_underscores(own_dataset, tmp_path):
+    names = {name.upper().replace(" ", "_"): k for name, k in FLARE_LABELS.items()}
+    meta = json.loads((own_dataset / "dataset.json").read_text())
+    (own_dataset / "dataset.json").write_text(json.dumps({**meta, "labels": names}))
+    assert run(own_dataset, tmp_path, "--stages", "coarse", "--no-unlabelled") == 0
+
+
+@pytest.mark.parametrize(
+    "index",
+    ["{not json", '{"format": "flare22-cache/0"}', '{"format": "flare22-cache/1", "stages": {}}'],
+    ids=["json", "format", "no-cases"],
+)
+def test_a_malformed_cache_index_is_an_error_not_a_rebuild(dataset, tmp_path, capsys, index):
+    (tmp_path / "index.json").write_text(index)
+    assert run(dataset, tmp_path) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'index.json'}: ") and "delete it" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+
+
+def test_an_unexpected_error_shows_its_traceback(dataset, tmp_path, monkeypatch):
+    import training.prepare
+
+    def broken(*args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(training.prepare, "prepare_case", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        run(dataset, tmp_path)

@@ -3,20 +3,27 @@
 import argparse
 import csv
 import json
+import shutil
 import socket
 import subprocess
 import sys
 
+import numpy as np
+import onnx
 import pytest
 import torch
 
+import training.train
 from export.__main__ import main as export_main
+from inference.stage_info import StageInfo
 from tests.helpers import ROOT
 from tests.training.test_prepare import make_dataset
 from training.checkpoint import load_checkpoint
-from training.config import add_arguments, command, from_args, from_dict
+from training.config import TrainConfig, add_arguments, command, from_args, from_dict
+from training.data import CacheSet
+from training.distributed import Process, draw_epoch, shard
 from training.prepare import main as prepare_main
-from training.train import main
+from training.train import main, validate
 
 TINY = [
     "--input-size",
@@ -38,6 +45,7 @@ TINY = [
     "100",
 ]
 QUIET = ["--shift-fraction", "0", "--noise-prob", "0", "--organ-offset-prob", "0"]
+MARGIN_MM = 30.0  # not prepare's default: the export test sees it reach the graph
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,8 @@ def cache(tmp_path_factory):
     dataset = make_dataset(root)
     out = root / "cache"
     sizes = ["--coarse-size", "32", "--fine-size", "32", "--fine-crops", "2"]
-    assert prepare_main(["--dataset", str(dataset), "--out", str(out), *sizes]) == 0
+    margin = ["--margin-mm", str(MARGIN_MM)]
+    assert prepare_main(["--dataset", str(dataset), "--out", str(out), *sizes, *margin]) == 0
     return out
 
 
@@ -54,8 +63,8 @@ def train(cache, out, *extra: str) -> int:
     return main(["--cache", str(cache), "--out", str(out), *TINY, *extra])
 
 
-def log_rows(run) -> list[dict]:
-    with open(run / "log.csv", newline="") as f:
+def log_rows(run, rank: int = 0) -> list[dict]:
+    with open(run / ("log.csv" if rank == 0 else f"log.rank{rank}.csv"), newline="") as f:
         return list(csv.DictReader(f))
 
 
@@ -130,6 +139,10 @@ def test_trained_checkpoints_export_to_stage_graphs(cache, tmp_path):
     out = tmp_path / "weights"
     assert export_main(["--checkpoint", *ckpt, "--precision", "fp32", "--out", str(out)]) == 0
     assert (out / "coarse_fp32.onnx").exists() and (out / "fine_fp32.onnx").exists()
+    # The fine crop margin the cache was prepared with is the one inference will crop with.
+    model = onnx.load(out / "fine_fp32.onnx")
+    info = StageInfo.from_metadata({p.key: p.value for p in model.metadata_props})
+    assert info.roi_margin_mm == MARGIN_MM
     # The manifest says how each stage was trained and on which data.
     manifest = json.loads((out / "manifest.json").read_text())
     coarse = manifest["training"]["coarse"]
@@ -181,9 +194,100 @@ def test_two_processes_under_torchrun_on_gloo(cache, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 process(es)" in done.stderr
     state = torch.load(tmp_path / "fine" / "last.pt", weights_only=True)
-    assert state["epoch"] == 2 and "discriminator" in state
-    # 3 cases x 2 crops over 2 processes, batch 1: 3 iterations per epoch, logged by rank 0.
-    assert len(log_rows(tmp_path / "fine")) == 2 * 3
+    assert state["epoch"] == 2 and "discriminator" in state and state["world_size"] == 2
+    # 3 cases x 2 crops over 2 processes, batch 1: 3 iterations per epoch, in each log.
+    rows = {rank: log_rows(tmp_path / "fine", rank) for rank in (0, 1)}
+    assert len(rows[0]) == len(rows[1]) == 2 * 3
+    everything = sorted(CacheSet(cache, "fine").names)
+    for epoch in ("0", "1"):
+        taken = [[r["entries"] for r in rows[k] if r["epoch"] == epoch] for k in (0, 1)]
+        assert not set(taken[0]) & set(taken[1])  # each entry once per epoch ...
+        assert sorted(taken[0] + taken[1]) == everything  # ... and every one of them
+
+
+def test_every_process_takes_its_own_shard_of_one_shared_permutation():
+    cpu = torch.device("cpu")
+    for n, world in [(6, 2), (7, 2), (13, 4), (3, 4), (5, 1)]:
+        shards = [draw_epoch(0, 3, Process(r, world, cpu), (n, 2)).order for r in range(world)]
+        assert len({len(s) for s in shards}) == 1  # as many for every process
+        taken = [i for s in shards for i in s]
+        if n % world == 0:
+            assert sorted(taken) == list(range(n))  # disjoint, and together the whole set
+        else:  # the shortfall repeats the permutation's start, as DistributedSampler does
+            assert set(taken) == set(range(n))
+    assert shard(np.arange(5), 1, 2) == [1, 3, 0]
+
+
+def test_a_single_process_draws_what_it_drew_before_the_shards_were_shared():
+    # The shipped weights were trained by one process with these draws: keep them bit for bit.
+    seed, epoch = 3, 5
+    old = np.random.default_rng((seed * 1_000_003 + epoch * 7919) % 2**63)
+    draws = draw_epoch(seed, epoch, Process(0, 1, torch.device("cpu")), (6, 4))
+    assert draws.order == old.permutation(6).tolist()
+    assert draws.u_order == old.permutation(4).tolist()
+    assert draws.rng.random() == old.random()
+
+
+def test_validation_assigns_labels_at_the_stage_threshold(cache):
+    data = CacheSet(cache, "coarse")
+
+    class Sure(torch.nn.Module):  # every voxel liver with probability sigmoid(0.5) = 0.62
+        def forward(self, x):
+            logits = torch.full((x.shape[0], 13, *x.shape[2:]), -9.0)
+            logits[:, 0] = 0.5
+            return logits
+
+    cfg = TrainConfig()
+    at_half = validate(Sure(), data, cfg, torch.device("cpu"), 0.5)
+    at_07 = validate(Sure(), data, cfg, torch.device("cpu"), 0.7)
+    assert at_half[0] > 0 and at_07[0] == 0
+
+
+def test_a_resume_refuses_another_process_count_or_cache(cache, tmp_path, capsys):
+    own = tmp_path / "cache"
+    shutil.copytree(cache, own)
+    args = ["--stage", "coarse", "--no-adversarial", "--epochs", "2", "--stop-after", "1"]
+    assert train(own, tmp_path, *args) == 0
+    last = tmp_path / "coarse" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    assert state["world_size"] == 1 and len(state["cache_sha256"]) == 64
+    capsys.readouterr()
+
+    torch.save({**state, "world_size": 2}, last)
+    assert train(own, tmp_path, *args, "--resume") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "trained by 2 process(es), not 1" in line and "--nproc-per-node 2" in line
+
+    torch.save(state, last)
+    index = own / "index.json"
+    index.write_text(index.read_text() + "\n")
+    assert train(own, tmp_path, *args, "--resume") == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "trained on another cache" in line and str(index) in line
+
+    # A checkpoint from before both were recorded: one process, and the cache is not checked.
+    torch.save({k: v for k, v in state.items() if k not in ("world_size", "cache_sha256")}, last)
+    assert train(own, tmp_path, *args, "--resume") == 0
+    assert f"{last} does not record its cache" in capsys.readouterr().err
+    assert torch.load(last, weights_only=True)["epoch"] == 2
+
+
+def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(
+    cache, tmp_path, capsys, monkeypatch
+):
+    assert train(cache, tmp_path, "--stage", "coarse", "--input-size", "33") == 2
+    assert capsys.readouterr().err.startswith("error: input_size 33")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = [")
+    assert main(["--config", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {bad}: ")
+
+    def broken(*args):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(training.train, "set_up", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        train(cache, tmp_path, "--stage", "coarse")
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,10 @@ from .unet import CoarseUNet
 DEPTH_FACTOR = 16  # four halvings: the input side must be a multiple of this
 
 
+class SpecError(ValueError):
+    """A network asked for that the registry cannot give (unknown name, unusable size)."""
+
+
 @dataclass(frozen=True)
 class NetworkSpec:
     name: str  # "coarse", "fine" or "discriminator"
@@ -49,10 +53,10 @@ PAPER_SPECS: dict[str, NetworkSpec] = {
 def network_spec(name: str, **overrides: object) -> NetworkSpec:
     """The paper's spec for ``name``, with any field overridden (tests use small sizes)."""
     if name not in PAPER_SPECS:
-        raise ValueError(f"unknown network {name!r}; expected one of {sorted(PAPER_SPECS)}")
+        raise SpecError(f"unknown network {name!r}; expected one of {sorted(PAPER_SPECS)}")
     spec = dataclasses.replace(PAPER_SPECS[name], **overrides)
     if spec.input_size % DEPTH_FACTOR:
-        raise ValueError(f"input_size {spec.input_size} of {name!r} is not a multiple of 16")
+        raise SpecError(f"input_size {spec.input_size} of {name!r} is not a multiple of 16")
     return spec
 
 
@@ -78,6 +82,7 @@ __all__ = [
     "Discriminator",
     "EfficientSegNet",
     "NetworkSpec",
+    "SpecError",
     "build_network",
     "count_parameters",
     "network_spec",
