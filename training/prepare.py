@@ -18,12 +18,16 @@ dataset folder or a malformed cache ``index.json`` (delete it to rebuild): exit 
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from inference.hu import as_int16_hu
@@ -110,7 +114,8 @@ def fine_boxes(
     if box is None or any(s.stop - s.start < 2 for s in box):
         box = tuple(slice(0, n) for n in hu.shape)
     box = grow_box(box, fine["margin_mm"], spacing, hu.shape)
-    return [jittered(box, k, fine, name, spacing, hu.shape) for k in range(fine["crops"])]
+    crops = fine["crops"] if labels is not None else fine.get("unlabelled_crops", fine["crops"])
+    return [jittered(box, k, fine, name, spacing, hu.shape) for k in range(crops)]
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:
@@ -250,10 +255,46 @@ def load_old(out: Path) -> dict:
         raise CacheError(f"{e}; delete it to rebuild the whole cache") from e
 
 
+def _prepare_job(job: tuple) -> tuple[dict | None, list[str], str, float]:
+    """``prepare_case`` in a worker: (record, stages built, error line or "", seconds)."""
+    case, prior, dataset, out, stages, settings = job
+    start = time.perf_counter()
+    try:
+        record, todo = prepare_case(case, prior, dataset, out, stages, settings)
+    except InputError as e:  # its message starts with the file
+        return None, [], str(e), time.perf_counter() - start
+    except OSError as e:  # e.g. a source vanished, or the cache's disk is full
+        return None, [], f"{case.image}: {e}", time.perf_counter() - start
+    return record, todo, "", time.perf_counter() - start
+
+
+def _one_thread() -> None:
+    # Several workers share the cores: each resizes with one thread instead of all of them.
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _results(jobs: list[tuple], workers: int) -> Iterator[tuple]:
+    """``_prepare_job`` of every job, in the jobs' order; in this process when ``workers`` is 1."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_prepare_job, jobs)
+        return
+    # spawn, not fork: the parent may hold torch's and ITK's thread pools.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+        yield from pool.map(_prepare_job, jobs)
+
+
 def prepare(
-    cases: list[Case], dataset: Path, out: Path, stages: list[str], settings: dict
+    cases: list[Case],
+    dataset: Path,
+    out: Path,
+    stages: list[str],
+    settings: dict,
+    workers: int = 1,
 ) -> tuple[int, int, int, int]:
-    """Build or reuse every case's entries; returns (reused, built, failed, removed)."""
+    """Build or reuse every case's entries, ``workers`` cases at a time; returns (reused,
+    built, failed, removed)."""
     old = load_old(out)
     # A stage not asked for keeps its old settings, so its entries stay reusable.
     settings = {s: settings[s] if s in stages else old.get("stages", {}).get(s) for s in STAGES}
@@ -263,32 +304,26 @@ def prepare(
             (out / s / k).mkdir(parents=True, exist_ok=True)
     current = reusable(old, settings, out)
     reused = built = failed = 0
-    last_write = time.monotonic()
-    for n, case in enumerate(cases, 1):
-        start = time.perf_counter()
+    jobs = []
+    for case in cases:
         if case.error:  # before the pop: its name may belong to a good case
             print(f"ERROR {case.error}", file=sys.stderr)
             failed += 1
             continue
-        prior = current.pop(case.name, None)
-        try:
-            record, todo = prepare_case(case, prior, dataset, out, stages, settings)
-        except InputError as e:  # its message starts with the file
-            print(f"ERROR {e}", file=sys.stderr)
+        jobs.append((case, current.pop(case.name, None), dataset, out, stages, settings))
+    last_write = time.monotonic()
+    for n, (job, (record, todo, error, seconds)) in enumerate(
+        zip(jobs, _results(jobs, workers), strict=True), 1
+    ):
+        if record is None:
+            print(f"ERROR {error}", file=sys.stderr)
             failed += 1
             continue
-        except OSError as e:  # e.g. a source vanished, or the cache's disk is full
-            print(f"ERROR {case.image}: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        current[case.name] = record
+        current[job[0].name] = record
         reused += not todo
         built += bool(todo)
         what = f"built {'+'.join(todo)}" if todo else "reused"
-        print(
-            f"[{n}/{len(cases)}] {case.name}: {what} ({time.perf_counter() - start:.1f} s)",
-            file=sys.stderr,
-        )
+        print(f"[{n}/{len(jobs)}] {job[0].name}: {what} ({seconds:.1f} s)", file=sys.stderr)
         if time.monotonic() - last_write > CHECKPOINT_S:
             write_index(out, settings, current)
             last_write = time.monotonic()
@@ -320,11 +355,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--jitter-mm", type=float, default=15.0, help="max move of a crop face")
     p.add_argument("--fine-crops", type=int, default=4, help="fine crops per case")
+    p.add_argument(
+        "--unlabelled-crops",
+        type=int,
+        help="fine crops per unlabelled case [--fine-crops]; 1 keeps a cache of thousands small",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="cases prepared at once, one core each (~2 GB of memory each for a 512x512x300 "
+        "case) [%(default)s: this machine's cores, at most 8]",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the crops' randomness")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     args = p.parse_args(argv)
-    if min(args.coarse_size, args.fine_size, args.fine_crops, args.coarse_crops) < 1:
-        p.error("sizes, --coarse-crops and --fine-crops must be positive")
+    crops = (args.fine_crops, args.coarse_crops, args.unlabelled_crops or 1, args.workers)
+    if min(args.coarse_size, args.fine_size, *crops) < 1:
+        p.error("sizes, crop counts and --workers must be positive")
     if args.jitter_mm < 0 or not 0 <= args.fov_side_fraction < 0.5:
         p.error("--jitter-mm must not be negative, --fov-side-fraction in [0, 0.5)")
     return args
@@ -348,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
         },
     }
+    if args.unlabelled_crops not in (None, args.fine_crops):  # else caches stay as they were
+        settings["fine"]["unlabelled_crops"] = args.unlabelled_crops
     unlabelled = args.unlabelled or args.dataset / "imagesUnlabelled"
     start = time.perf_counter()
     try:
@@ -358,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
             raise DatasetError(f"{args.dataset}: no cases (imagesTr/*_0000*, unlabelled)")
         args.out.mkdir(parents=True, exist_ok=True)
         stages = [s for s in STAGES if s in args.stages]
-        reused, built, failed, removed = prepare(cases, args.dataset, args.out, stages, settings)
+        reused, built, failed, removed = prepare(
+            cases, args.dataset, args.out, stages, settings, args.workers
+        )
     except (DatasetError, CacheError, OSError) as e:  # a case's own errors are its ERROR line
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ from training.transforms import resize_labels
 
 SHAPE = (40, 48, 44)  # z, y, x
 SPACING_XYZ = (0.9, 0.9, 2.5)
-SMALL = ["--coarse-size", "32", "--fine-size", "48", "--fine-crops", "2"]
+# One worker: a process pool costs seconds to start; the tests that need it ask for two.
+SMALL = ["--coarse-size", "32", "--fine-size", "48", "--fine-crops", "2", "--workers", "1"]
 # Case b holds case a's anatomy stored with permuted, flipped axes.
 PERMUTED = Orientation(axes=(2, 0, 1), flips=(True, False, True))
 
@@ -193,8 +194,8 @@ def test_fine_crops_hold_the_organs(cache, dataset):
         assert all(0 <= a < b <= n for (a, b), n in zip(box, SHAPE, strict=True))
 
 
-def test_runs_are_deterministic(cache, dataset, tmp_path):
-    assert run(dataset, tmp_path) == 0
+def test_runs_are_deterministic_with_any_number_of_workers(cache, dataset, tmp_path):
+    assert run(dataset, tmp_path, "--workers", "2") == 0  # argparse: the last --workers wins
     first, second = snapshot(cache), snapshot(tmp_path)
     assert first.keys() == second.keys()
     assert all(first[k][1] == second[k][1] for k in first)
@@ -239,12 +240,13 @@ def test_bad_cases_are_skipped(own_dataset, tmp_path, capsys):
         own_dataset / "imagesUnlabelled" / "u1.nii.gz",
         own_dataset / "imagesUnlabelled" / "case_a.nii.gz",
     )
-    assert run(own_dataset, tmp_path) == 1
+    assert run(own_dataset, tmp_path, "--workers", "2") == 1  # errors raised in workers
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR")]
     assert len(errors) == 3
-    assert "case_a.nii.gz: case name 'case_a' is already used" in errors[2]
-    assert "bad_shape.nii.gz: size" in errors[0] and "bad_shape_0000.nii.gz" in errors[0]
-    assert "bad_value.nii.gz: label values [20]" in errors[1]
+    # The name clash is known before any case is read: its line comes first.
+    assert "case_a.nii.gz: case name 'case_a' is already used" in errors[0]
+    assert "bad_shape.nii.gz: size" in errors[1] and "bad_shape_0000.nii.gz" in errors[1]
+    assert "bad_value.nii.gz: label values [20]" in errors[2]
     assert sorted(load_index(tmp_path)["cases"]) == ["case_a", "case_b", "case_c", "u1"]
 
 
@@ -362,3 +364,14 @@ def test_an_unexpected_error_shows_its_traceback(dataset, tmp_path, monkeypatch)
     monkeypatch.setattr(training.prepare, "prepare_case", broken)
     with pytest.raises(KeyError, match="a bug"):
         run(dataset, tmp_path)
+
+
+def test_unlabelled_cases_may_have_fewer_fine_crops(dataset, tmp_path):
+    assert run(dataset, tmp_path / "default") == 0
+    assert run(dataset, tmp_path / "small", "--unlabelled-crops", "1") == 0
+    default, small = load_index(tmp_path / "default"), load_index(tmp_path / "small")
+    assert len(small["cases"]["u1"]["entries"]["fine"]) == 1
+    assert small["cases"]["case_a"]["entries"] == default["cases"]["case_a"]["entries"]
+    # Left at --fine-crops, the setting is not recorded: existing caches stay valid.
+    assert "unlabelled_crops" not in default["stages"]["fine"]
+    assert small["stages"]["fine"]["unlabelled_crops"] == 1
