@@ -8,7 +8,9 @@ Batch sizes are per process: under ``torchrun`` with N processes the batch is N 
 
 import argparse
 import dataclasses
+import inspect
 import json
+import re
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -27,18 +29,18 @@ class TrainConfig:
     cache: str = "build/cache"  # python -m training.prepare --out
     out: str = "build/train"  # checkpoints, logs and config.json go to OUT/STAGE
     # Network size: 0 and () mean the paper's (training.networks.PAPER_SPECS).
-    input_size: int = 0
-    channels: tuple[int, ...] = ()
-    disc_channels: tuple[int, ...] = ()
+    input_size: int = 0  # the network's input cube side (0: the paper's 160 or 192)
+    channels: tuple[int, ...] = ()  # the generator's channels per level (): the paper's)
+    disc_channels: tuple[int, ...] = ()  # the discriminator's trunk channels (): the paper's)
     # Optimisation (paper, Tables 2-3): Adam with beta2 0.99, lr 1e-3 halved at epoch 200.
-    epochs: int = 300
+    epochs: int = 300  # passes over the labelled set (or of iters_per_epoch iterations)
     iters_per_epoch: int = 0  # 0: one pass over this process's share of the labelled set
-    batch_labelled: int = 4
-    batch_unlabelled: int = 2
-    lr: float = 1e-3
-    lr_halve_epoch: int = 200
-    betas: tuple[float, float] = (0.9, 0.99)
-    disc_lr: float = 1e-4
+    batch_labelled: int = 4  # labelled images per step, per process
+    batch_unlabelled: int = 2  # unlabelled images per adversarial step, per process
+    lr: float = 1e-3  # the generator's Adam learning rate ...
+    lr_halve_epoch: int = 200  # ... halved from this epoch on
+    betas: tuple[float, float] = (0.9, 0.99)  # Adam's betas, both networks
+    disc_lr: float = 1e-4  # the discriminator's learning rate
     amp: bool = True  # fp16 autocast on a GPU
     cpu_bf16: bool = False  # bf16 autocast on a CPU: ~3x faster on CPUs with AMX
     # Dice alone is the paper's loss; + this x binary cross-entropy (nnU-Net's pairing) gives
@@ -49,12 +51,12 @@ class TrainConfig:
     # a quarter of a 160^3 step. Each patch side is drawn from side x U[patch_scale] and resized
     # to the patch side (per axis: slice thickness changes too).
     patch_size: int = 0
-    patch_scale: tuple[float, float] = (1.0, 1.0)
+    patch_scale: tuple[float, float] = (1.0, 1.0)  # patch side x U[lo, hi] cut, then resized
     patch_organ_prob: float = 0.5  # centred on a voxel of a random organ in view, else anywhere
     # In this share of patches the z side is cut at patch_size x U[patch_slab_scale]: a few
     # slices stretched to the patch, as a thin scan (a 20-slice slab) reaches the fine network.
     patch_slab_prob: float = 0.0
-    patch_slab_scale: tuple[float, float] = (0.1, 0.5)
+    patch_slab_scale: tuple[float, float] = (0.1, 0.5)  # z side x U[lo, hi] in slab patches
     # Augmentation of HU volumes before the window (random shift, contrast and brightness,
     # per-organ HU offset on labelled images, Gaussian noise).
     shift_fraction: float = 0.1  # up to this fraction of the side, per axis
@@ -64,7 +66,7 @@ class TrainConfig:
     organ_offset_prob: float = 0.5  # ... in this share of labelled samples
     noise_hu: float = 20.0  # Gaussian noise of this std in HU ...
     noise_prob: float = 0.5  # ... in this share of samples
-    hu_window: tuple[float, float] = HU_WINDOW
+    hu_window: tuple[float, float] = HU_WINDOW  # clipped to before the z-score, as the graphs
     # Spatial augmentation (training.spatial), after the shift and before the intensities: each
     # of rotation, scaling and elastic deformation in this share of samples, all combined into
     # one resampling. Never a flip: left and right organs have their own labels.
@@ -83,8 +85,8 @@ class TrainConfig:
     # Validation and checkpoints.
     val_fraction: float = 0.2  # of the labelled cases (all crops of a case on one side)
     val_cases: tuple[str, ...] = ()  # explicit validation cases instead of a fraction
-    val_every: int = 10  # epochs
-    seed: int = 0
+    val_every: int = 10  # epochs between validations (Dice per organ in val.csv)
+    seed: int = 0  # of everything random: initialisation, order, patches, augmentation
     log_every: int = 10  # iterations between progress lines
 
     @property
@@ -132,17 +134,41 @@ def from_dict(values: dict) -> TrainConfig:
     return TrainConfig(**coerced)
 
 
+def field_help() -> dict[str, str]:
+    """Each field's comment in ``TrainConfig``'s source: the one on its line, else the comment
+    block above its group. The comments are the settings' documentation, kept in one place."""
+    helps: dict[str, str] = {}
+    block: list[str] = []
+    after_field = False
+    for line in inspect.getsource(TrainConfig).splitlines():
+        code, _, comment = line.strip().partition("#")
+        if not code and comment:  # a comment line; the first after a field starts a block
+            block = [comment.strip()] if after_field else [*block, comment.strip()]
+            after_field = False
+        elif match := re.match(r"(\w+): ", code):
+            helps[match.group(1)] = comment.strip() or " ".join(block)
+            after_field = True
+    return helps
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """One ``--kebab-case`` flag per field; tuples take several values."""
+    """One ``--kebab-case`` flag per field, with its comment and default; tuples take several
+    values."""
+    defaults, helps = TrainConfig().to_dict(), field_help()
+    group = p.add_argument_group("settings (also from --config; a flag wins over the file)")
     for f in dataclasses.fields(TrainConfig):
         kind = _field_type(f)
         flag = "--" + f.name.replace("_", "-")
+        default = defaults[f.name]
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f"{helps.get(f.name, '')} [{shown}]".replace("%", "%%")
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif typing.get_origin(kind) is tuple:
-            p.add_argument(flag, nargs="*", type=typing.get_args(kind)[0], default=None)
+            item = typing.get_args(kind)[0]
+            group.add_argument(flag, nargs="*", type=item, default=None, help=text)
         else:
-            p.add_argument(flag, type=kind, default=None)
+            group.add_argument(flag, type=kind, default=None, help=text)
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:

@@ -264,10 +264,16 @@ def set_up(cfg: TrainConfig, resume: bool, proc: Process) -> tuple[Run, int]:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     if proc.rank == 0:
         configuration.write_json(cfg, cfg.run_dir / "config.json")
+        validated = (
+            f"validating on {len(data.val)} other volumes"
+            if data.val is not data.train
+            else "no validation cases, so Dice is reported on the training volumes"
+        )
         print(
-            f"{cfg.stage}: {len(data.train)} training and {len(data.val)} {data.val_label} "
-            f"volumes, {len(data.unlabelled)} unlabelled, {proc.world} process(es) on "
-            f"{proc.device}, {iters} iterations x {cfg.epochs} epochs",
+            f"{cfg.stage} stage: training on {len(data.train)} labelled and "
+            f"{len(data.unlabelled)} unlabelled volumes, {validated}; {proc.world} "
+            f"process(es) on {proc.device}; {iters} iterations per epoch, epochs "
+            f"{start_epoch + 1} to {cfg.epochs}.",
             file=sys.stderr,
         )
     log = Log(cfg.run_dir, start_epoch, proc.rank)
@@ -383,6 +389,12 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int = 0) -> Path:
             dist.barrier()
     if proc.world > 1:
         dist.destroy_process_group()
+    if proc.rank == 0 and end_epoch < cfg.epochs:
+        print(
+            f"stopped after epoch {end_epoch} of {cfg.epochs} ({cfg.run_dir / 'last.pt'}); to go "
+            "on, run the same command with --resume (and, if you like, --stop-after N again).",
+            file=sys.stderr,
+        )
     return cfg.run_dir
 
 

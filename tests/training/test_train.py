@@ -3,6 +3,7 @@
 import argparse
 import csv
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -248,6 +249,8 @@ def test_a_resume_refuses_another_process_count_or_cache(cache, tmp_path, capsys
     shutil.copytree(cache, own)
     args = ["--stage", "coarse", "--no-adversarial", "--epochs", "2", "--stop-after", "1"]
     assert train(own, tmp_path, *args) == 0
+    # A stopped run says how to go on.
+    assert "stopped after epoch 1 of 2" in capsys.readouterr().err
     last = tmp_path / "coarse" / "last.pt"
     state = torch.load(last, weights_only=True)
     assert state["world_size"] == 1 and len(state["cache_sha256"]) == 64
@@ -309,3 +312,17 @@ def test_the_recorded_training_command_replays_the_config(name):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert from_args(parser.parse_args(words[3:])) == cfg
+
+
+def test_every_setting_has_its_help_and_default_in_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    settings = text.split("settings (also from --config", 1)[1]  # past the usage lines
+    defaults = TrainConfig().to_dict()
+    for name, default in defaults.items():
+        flag = "--" + name.replace("_", "-")
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else str(default)
+        after = re.split(rf"{flag}[ ,]", settings, maxsplit=1)[-1]
+        assert f"[{shown}]" in after[:600], name  # its own help, then its default
+    assert "one pass over this process's share of the labelled set [0]" in text
