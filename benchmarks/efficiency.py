@@ -1,7 +1,7 @@
 """The FLARE22 efficiency formulas, and the true time-weighted figures they approximate.
 
 The challenge sampled every 0.1 s plus the query time and summed the samples times 0.1 s
-(REFERENCE §3), so its areas undercount a run whose real sampling period was longer. Every
+(the challenge's rules), so its areas undercount a run whose real sampling period was longer. Every
 area here exists twice: ``official`` reproduces the challenge's arithmetic (FLARE22's
 ``Evaluation/Efficiency.py`` and ``Evaluation/load_json.py`` in JunMa11/FLARE), ``true``
 integrates over the real timestamps. docs/measuring.md maps each figure to its source.

@@ -62,12 +62,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-i", "--input", type=Path, required=True, help="folder of CT images")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder for label maps")
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="stage graphs folder")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    p.add_argument(
+        "-i", "--input", type=Path, required=True, help="folder of CT images, or one DICOM series"
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for label maps (created)"
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=DEFAULT_WEIGHTS,
+        help="folder of the stage graphs (coarse_fp32.onnx, fine_fp32.onnx; *_fp16.onnx for "
+        "CUDA) [%(default)s: the shipped ones]",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default="auto",
+        help="auto: CUDA with the fp16 graphs when ONNX Runtime has it and it works, else the "
+        "CPU with the fp32 graphs (a warning says why); cuda: fail instead [%(default)s]",
+    )
     p.add_argument("--timings", type=Path, help="append per-case timings here as JSON lines")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="progress details, and tracebacks of errors"
+    )
     return p.parse_args(argv)
 
 

@@ -31,8 +31,8 @@ ORGANS: tuple[Organ, ...] = (
 NUM_ORGANS = len(ORGANS)
 LABEL_NAMES: dict[int, str] = {0: "background", **{o.label: o.name for o in ORGANS}}
 
-# TotalSegmentator v2 "total" class id -> FLARE22 id (REFERENCE §8): the bundled CT's label map
-# is in TotalSegmentator ids; every other class is background.
+# TotalSegmentator v2 "total" class id -> FLARE22 id, from its documented class list: the
+# bundled CT's label map is in TotalSegmentator ids; every other class is background.
 TOTALSEGMENTATOR_TO_FLARE: dict[int, int] = {
     5: 1, 2: 2, 1: 3, 7: 4, 52: 5, 63: 6, 8: 7, 9: 8, 4: 9, 15: 10, 6: 11, 19: 12, 3: 13,
 }  # fmt: skip

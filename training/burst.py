@@ -51,6 +51,7 @@ import torch
 from inference.stage_info import STAGES
 
 from .checkpoint import StageSettings, load_checkpoint, save_checkpoint
+from .config import HelpFormatter
 from .networks import NetworkSpec, build_network
 from .prepare import main as prepare_main
 from .synth import main as synth_main
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.burst",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", type=Path, help="raw dataset (training.totalsegmentator --out)")
     p.add_argument("--unpack", type=Path, metavar="DIR", help="packed parts -> checkpoints")

@@ -19,6 +19,10 @@ from pathlib import Path
 from inference.hu import HU_WINDOW
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The training CLIs' help: module docstrings as written, each flag's default shown."""
+
+
 class ConfigError(ValueError):
     """A setting that cannot be used (unknown, of the wrong type, out of range); names it."""
 
@@ -75,7 +79,7 @@ class TrainConfig:
     scale: tuple[float, float] = (0.85, 1.15)  # anatomy scaled by U[lo, hi] along each axis
     elastic_voxels: float = 3.0  # control points moved by up to this many voxels per axis ...
     elastic_points: int = 5  # ... on a grid of this many per axis (a cubic B-spline between)
-    # Adversarial semi-supervised learning (REFERENCE §7).
+    # Adversarial semi-supervised learning (training.steps; the paper, section 2.2).
     adversarial: bool = True  # needs unlabelled images in the cache
     warmup_iters: int = 50  # supervised only, at the start ...
     cooldown_iters: int = 50  # ... and at the end
@@ -219,6 +223,7 @@ def write_json(config: TrainConfig, path: Path) -> None:
 
 __all__ = [
     "ConfigError",
+    "HelpFormatter",
     "TrainConfig",
     "add_arguments",
     "command",

@@ -36,6 +36,7 @@ from inference.orientation import Orientation
 from inference.roi import Box, body_box, grow_box
 
 from .checkpoint import StageSettings
+from .config import HelpFormatter
 from .data import FORMAT, INDEX_NAME, KINDS, STAGES, CacheError, read_index
 from .dataset import (
     Case,
@@ -337,7 +338,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m training.prepare",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", type=Path, required=True, help="nnU-Net v2 raw dataset folder")
     p.add_argument("--out", type=Path, required=True, help="cache folder (created)")
@@ -365,7 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=min(os.cpu_count() or 1, 8),
         help="cases prepared at once, one core each (~2 GB of memory each for a 512x512x300 "
-        "case) [%(default)s: this machine's cores, at most 8]",
+        "case); by default this machine's cores, at most 8",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the crops' randomness")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))

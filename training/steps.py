@@ -1,4 +1,4 @@
-"""The three steps of one adversarial semi-supervised iteration (REFERENCE §7, paper §2.2).
+"""The three steps of one adversarial semi-supervised iteration (the paper, section 2.2).
 
 1. ``discriminator_step``: the generator's prediction and the (poisoned) ground truth of a
    labelled image, in random order; the discriminator learns which one is the ground truth.

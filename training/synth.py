@@ -1,10 +1,11 @@
 """``python -m training.synth``: synthetic CTs painted from a TotalSegmentator label map.
 
-We hold one labelled patient (REFERENCE §8). To show the networks other intensities, each case
-paints every structure of a TotalSegmentator v2 "total" label map with HU drawn for a random
-contrast phase (native, arterial, portal-venous), puts fat and soft tissue around the organs,
-air outside the body, blurs for partial volume, adds scanner noise, and resamples to a random
-slice thickness and in-plane resolution. The labels are the map's own, in FLARE22 ids.
+We hold one labelled patient (python -m training.totalsegmentator). To show the networks other
+intensities, each case paints every structure of a TotalSegmentator v2 "total" label map with
+HU drawn for a random contrast phase (native, arterial, portal-venous), puts fat and soft tissue
+around the organs, air outside the body, blurs for partial volume, adds scanner noise, and
+resamples to a random slice thickness and in-plane resolution. The labels are the map's own,
+in FLARE22 ids.
 
     python -m training.synth --labels data/totalsegmentator/example_seg.nii.gz \\
         --out DATASET --count 20 --seed 0
@@ -41,6 +42,7 @@ from scipy import ndimage as ndi
 from inference.io import InputError, read_ct, write_image
 from inference.organs import TOTALSEGMENTATOR_TO_FLARE
 
+from .config import HelpFormatter
 from .dataset import write_dataset_json
 from .totalsegmentator import BUNDLED, to_flare
 
@@ -507,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.synth",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--labels", type=Path, help="TotalSegmentator v2 total-task label map")
     p.add_argument("--out", type=Path, help="nnU-Net dataset folder to add the cases to")

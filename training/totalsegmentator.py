@@ -1,7 +1,7 @@
 """``python -m training.totalsegmentator --out DIR``: the real CTs we can reach, as a dataset.
 
 The only real abdominal CTs with organ labels reachable from our machines are the test fixtures
-of TotalSegmentator (Apache-2.0) in its source distribution on PyPI (REFERENCE §8). Their
+of TotalSegmentator (Apache-2.0) in its source distribution on PyPI. Their
 labels are that tool's model predictions, not manual annotations. This writes them as an
 nnU-Net-style dataset in FLARE22 label ids for ``python -m training.prepare``:
 
@@ -32,6 +32,7 @@ import SimpleITK as sitk
 from inference.organs import from_totalsegmentator
 
 from .checkpoint import sha256_file
+from .config import HelpFormatter
 from .dataset import write_dataset_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.totalsegmentator",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
     p.add_argument("--downloads", type=Path, default=ROOT / "build" / "downloads")

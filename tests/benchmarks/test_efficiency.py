@@ -20,7 +20,7 @@ GPU = [300.0] * 10 + [1200.0, 2048.0] + [3100.0] * 2 + [2500.0] * 36
 
 
 def test_official_cpu_formula_has_the_idle_floor():
-    # 12 threads idle for 0.1 s: the +0.1 in the divisor reads 7.7 % (REFERENCE §3).
+    # 12 threads idle for 0.1 s: the +0.1 in the divisor reads 7.7 % (the official formula).
     idle = official_cpu_percent(CpuTimes(0, 0, 0, 0), CpuTimes(0, 0, 1.2, 1.2))
     assert idle == pytest.approx(100 - 100 * 1.2 / 1.3)
     assert idle == pytest.approx(7.69, abs=0.01)
