@@ -89,7 +89,9 @@ class TrainConfig:
     # Validation and checkpoints.
     val_fraction: float = 0.2  # of the labelled cases (all crops of a case on one side)
     val_cases: tuple[str, ...] = ()  # explicit validation cases instead of a fraction
-    val_every: int = 10  # epochs between validations (Dice per organ in val.csv)
+    # Epochs between validations (Dice per organ in val.csv; also after the last epoch). 0: none,
+    # e.g. when there are no validation cases and the training set is large.
+    val_every: int = 10
     seed: int = 0  # of everything random: initialisation, order, patches, augmentation
     log_every: int = 10  # iterations between progress lines
 

@@ -355,7 +355,7 @@ def save_epoch(run: Run, epoch: int) -> None:
     if proc.device.type == "cuda":  # what the stage needs on a GPU (training.burst reports it)
         extra["cuda_peak_mib"] = torch.cuda.max_memory_allocated(proc.device) / 2**20
     save = (run.net, run.gen_spec, run.data.settings)
-    if (epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs:
+    if cfg.val_every and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
         mean = validation(run, epoch)
         if mean > run.best:
             run.best = extra["best_dice"] = mean

@@ -326,3 +326,12 @@ def test_every_setting_has_its_help_and_default_in_help(capsys):
         after = re.split(rf"{flag}[ ,]", settings, maxsplit=1)[-1]
         assert f"[{shown}]" in after[:600], name  # its own help, then its default
     assert "one pass over this process's share of the labelled set [0]" in text
+
+
+def test_val_every_0_never_validates(cache, tmp_path):
+    # A large training set without validation cases would be re-run whole at every validation.
+    args = ["--stage", "coarse", "--no-adversarial", "--epochs", "2", "--val-every", "0"]
+    assert train(cache, tmp_path, *args) == 0
+    run = tmp_path / "coarse"
+    assert (run / "val.csv").read_text().count("\n") == 1  # the header alone
+    assert (run / "last.pt").exists() and not (run / "best.pt").exists()
