@@ -41,3 +41,5 @@ COPY predict.sh /workspace/predict.sh
 
 RUN useradd --create-home --uid 1000 flare
 USER 1000
+# `docker run ... flare22` alone runs the FLARE command; naming it, as FLARE did, works too.
+CMD ["/workspace/predict.sh"]

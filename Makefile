@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench weights weights-report gpu-weights clean
+.PHONY: demo test test-fast lint bench weights weights-report gpu-weights clean
 
 # make demo installs the runtime alone (what the container holds, and Pillow for its picture:
 # about 150 MB); the other targets the development set (torch, onnx, pytest, ...: about 1.7 GB).
@@ -31,6 +31,11 @@ demo: $(VENV)/runtime
 
 test: $(VENV)/installed lint
 	$(PY) -m pytest
+
+# Everything but the tests marked slow (the shipped weights on the real CT, paper-size networks,
+# repeated exports, the container): a few minutes; CI runs `make test`.
+test-fast: $(VENV)/installed lint
+	$(PY) -m pytest -m "not slow"
 
 lint: $(VENV)/installed
 	$(VENV)/bin/ruff check .
