@@ -30,6 +30,7 @@ def test_the_card_shows_scores_volumes_and_targets(tmp_path):
     held[5:15, 5:15, 5:15] = 1
     write(held, dataset / "labelsTs" / "caseB.nii.gz")
     write(held, evaluation / "pred" / "caseB.nii.gz")
+    write(ref, dataset / "labelsTr" / "synth_000.nii.gz")  # synthetic: not segmented, no table
     for kind, labels in (("training", "labelsTr"), ("held_out", "labelsTs")):
         argv = ["--pred", str(evaluation / "pred"), "--gt", str(dataset / labels)]
         assert evaluate_main([*argv, "--out", str(evaluation / kind)]) == 0
@@ -43,8 +44,18 @@ def test_the_card_shows_scores_volumes_and_targets(tmp_path):
     assert "| liver | 8.0 | 4.0 | 0.667 |" in card
     assert "| spleen | 0.5 | 0.5 | 1.000 | 1.000 |" in card
     assert "| left kidney | not in view | 0.0 | | |" in card  # 1 voxel = 0.008 mL
-    assert "missed for liver 0.667 < 0.9." in card
-    assert "liver DSC ≥ 0.8: met (1.000)" in card
+    assert "- caseA (trained on): DSC ≥ 0.93 for liver, spleen and kidneys in view: missed " in card
+    assert "for liver 0.667; volume within ±10% for organs above 50 mL: met." in card
+    assert (
+        "- caseB (held out): DSC ≥ 0.90 liver, ≥ 0.85 spleen and kidneys, those in view: met."
+        in card
+    )
+    assert "synth_000" not in card and "**1 synthetic CTs**" in card
+
+    # The weights these replace, as a column.
+    assert main([*argv, "--previous", str(evaluation / "training" / "per_case.csv")]) == 0
+    card = (weights / "MODEL_CARD.md").read_text()
+    assert "| liver | 8.0 | 4.0 | 0.667 | 0.667 |" in card and "DSC before" in card
     assert "- **fine**: 3 epochs, checkpoint sha256 `" + "ab" * 32 in card
 
 
