@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,34 +35,32 @@ def docker(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], check=True, capture_output=True, text=True, **kwargs)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not BASE, reason="FLARE22_DOCKER_BASE is not set (see docker/test-base.sh)")
-def test_container_segments_the_bundled_case_like_the_cli(tmp_path):
-    context = tmp_path / "context"
+# Kept between runs, outside the checkout (CI clones afresh): the GPU set's wheels are ~300 MB.
+WHEELS = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "flare22-wheels"
+needs_docker = pytest.mark.skipif(
+    not BASE, reason="FLARE22_DOCKER_BASE is not set (see docker/test-base.sh)"
+)
+
+
+def build_image(tmp_path, requirements: str, tag: str) -> str:
+    """The image of this checkout on the local base, with ``requirements/<requirements>``
+    installed from wheels fetched here (the build has no index to reach); its tag."""
+    context = tmp_path / f"context-{requirements}"
     context.mkdir()
     for name in ("Dockerfile", ".dockerignore", "predict.sh"):
         shutil.copy(ROOT / name, context / name)
-    ignore = shutil.ignore_patterns("__pycache__")
+    ignore = shutil.ignore_patterns("__pycache__", "*_fp16.onnx")
     shutil.copytree(ROOT / "inference", context / "inference", ignore=ignore)
     shutil.copytree(ROOT / "requirements", context / "requirements", ignore=ignore)
-    shutil.copytree(WEIGHTS, context / "weights")
-    # The build has no index to reach: it installs from wheels fetched here.
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "-q",
-            "--only-binary=:all:",
-            "-r",
-            str(ROOT / "requirements" / "cpu.txt"),
-            "-d",
-            str(context / "requirements" / "wheels"),
-        ],
-        check=True,
-    )
-    tag = "flare22:test"
+    shutil.copytree(WEIGHTS, context / "weights", ignore=ignore)
+    if requirements == "gpu.txt":  # what make gpu-weights does, into the context only
+        derive = [sys.executable, "-m", "export", "--derive", str(context / "weights")]
+        subprocess.run([*derive, "--precision", "fp16"], check=True, capture_output=True)
+    wheels = WHEELS / requirements.removesuffix(".txt")
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:"]
+    listed = ROOT / "requirements" / requirements
+    subprocess.run([*pip, "-r", str(listed), "-d", str(wheels)], check=True)
+    shutil.copytree(wheels, context / "requirements" / "wheels")
     docker(
         "build",
         "--network",
@@ -72,13 +71,28 @@ def test_container_segments_the_bundled_case_like_the_cli(tmp_path):
         "--build-arg",
         f"BASE_IMAGE={BASE}",
         "--build-arg",
-        "REQUIREMENTS=cpu.txt",
+        f"REQUIREMENTS={requirements}",
         "--build-arg",
         "PIP_NO_INDEX=1",
         "--build-arg",
         "PIP_FIND_LINKS=/tmp/requirements/wheels",
         str(context),
     )
+    return tag
+
+
+def cli_labels(inputs, out) -> sitk.Image:
+    """``python -m inference`` on the CPU here, for the one case in ``inputs``."""
+    argv = ["-i", str(inputs), "-o", str(out), "--weights", str(WEIGHTS), "--device", "cpu"]
+    assert infer_main(argv) == 0
+    [written] = out.iterdir()
+    return sitk.ReadImage(str(written))
+
+
+@pytest.mark.slow
+@needs_docker
+def test_container_segments_the_bundled_case_like_the_cli(tmp_path):
+    tag = build_image(tmp_path, "cpu.txt", "flare22:test")
 
     inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
     inputs.mkdir()
@@ -100,24 +114,8 @@ def test_container_segments_the_bundled_case_like_the_cli(tmp_path):
     )
     assert [p.name for p in outputs.iterdir()] == ["caseA.nii.gz"]
 
-    local = tmp_path / "local"
-    assert (
-        infer_main(
-            [
-                "-i",
-                str(inputs),
-                "-o",
-                str(local),
-                "--weights",
-                str(WEIGHTS),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
     container = sitk.ReadImage(str(outputs / "caseA.nii.gz"))
-    here = sitk.ReadImage(str(local / "caseA.nii.gz"))
+    here = cli_labels(inputs, tmp_path / "local")
     assert np.array_equal(sitk.GetArrayFromImage(container), sitk.GetArrayFromImage(here))
     assert container.GetOrigin() == here.GetOrigin()
     assert container.GetDirection() == here.GetDirection()
@@ -189,3 +187,27 @@ def test_container_segments_the_bundled_case_like_the_cli(tmp_path):
     assert state == "143", logs
     assert took < 5 and logs.strip().splitlines()[-1].startswith("stopped by SIGTERM"), logs
     assert [p.name for p in stopped.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.slow
+@needs_docker
+def test_the_gpu_image_without_a_gpu_falls_back_to_the_cpu_graphs(tmp_path):
+    # The product image: onnxruntime-gpu on the base's Python. No GPU here, so this checks its
+    # Python layer and the fallback, not CUDA itself (the CUDA base is not reachable from CI).
+    tag = build_image(tmp_path, "gpu.txt", "flare22:test-gpu")
+    code = "import onnxruntime as o; print(o.get_available_providers())"
+    providers = docker("run", "--rm", tag, "python3", "-c", code).stdout
+    assert "CUDAExecutionProvider" in providers, providers
+
+    inputs, outputs = tmp_path / "inputs", tmp_path / "outputs"
+    inputs.mkdir()
+    outputs.mkdir(mode=0o777)
+    outputs.chmod(0o777)
+    shutil.copy(SAMPLE_CT, inputs / "caseA_0000.nii.gz")
+    volumes = ["-v", f"{inputs}/:/workspace/inputs/", "-v", f"{outputs}/:/workspace/outputs/"]
+    done = docker("container", "run", "--rm", *volumes, tag, "/bin/bash", "-c", "sh predict.sh")
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "running the CPU graphs" in warnings[0], done.stderr
+    container = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs / "caseA.nii.gz")))
+    here = sitk.GetArrayFromImage(cli_labels(inputs, tmp_path / "local"))
+    assert np.array_equal(container, here)
