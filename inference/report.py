@@ -42,6 +42,8 @@ COLOURS: dict[int, tuple[int, int, int]] = {
     12: (170, 110, 40),  # duodenum
     13: (128, 128, 0),  # left kidney
 }
+PALETTE = np.zeros((256, 3), np.float32)  # label value -> colour, for the whole slice at once
+PALETTE[list(COLOURS)] = list(COLOURS.values())
 
 
 def organ_volumes_ml(labels: np.ndarray, spacing_xyz: tuple[float, ...]) -> dict[int, float]:
@@ -108,12 +110,9 @@ def _slice_rgb(
 
     g = resample(gray, sitk.sitkLinear)
     organs = resample(lab, sitk.sitkNearestNeighbor)  # labels are never interpolated
-    palette = np.zeros((256, 3), np.float32)
-    for label, colour in COLOURS.items():
-        palette[label] = colour
     rgb = np.repeat(g[..., None], 3, axis=2)
     inside = organs > 0
-    rgb[inside] = (1 - OPACITY) * rgb[inside] + OPACITY * palette[organs[inside]]
+    rgb[inside] = (1 - OPACITY) * rgb[inside] + OPACITY * PALETTE[organs[inside]]
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
