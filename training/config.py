@@ -89,6 +89,9 @@ class TrainConfig:
     # Validation and checkpoints.
     val_fraction: float = 0.2  # of the labelled cases (all crops of a case on one side)
     val_cases: tuple[str, ...] = ()  # explicit validation cases instead of a fraction
+    # "PATTERN=N": the training entries of cases whose name matches the shell pattern come N
+    # times per epoch, e.g. "patient*=16" gives real cases a share among synthetic ones.
+    oversample: tuple[str, ...] = ()
     # Epochs between validations (Dice per organ in val.csv; also after the last epoch). 0: none,
     # e.g. when there are no validation cases and the training set is large.
     val_every: int = 10

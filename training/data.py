@@ -6,8 +6,9 @@ Layout under the cache folder (arrays are canonical ``(z, y, x)``, int16 HU and 
 per stage the settings it was built with, per case its sources' sha256, geometry and entries.
 """
 
+import fnmatch
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +83,8 @@ class CacheSet:
     """The entries of one stage and kind, read memory-mapped; ``set[i] -> (image, labels)``.
 
     ``cases`` keeps only those cases' entries (e.g. one side of ``split``); ``size`` checks
-    the cache was built for that network input size first.
+    the cache was built for that network input size first; ``repeat`` lists a case's entries
+    that many times (``oversampling``).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class CacheSet:
         kind: str = "labelled",
         cases: Iterable[str] | None = None,
         size: int | None = None,
+        repeat: Mapping[str, int] | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
@@ -110,8 +113,11 @@ class CacheSet:
         missing = [c for c in wanted if c not in records]
         if missing:
             raise CacheError(f"{self.cache}: no {stage}/{kind} entries for cases {missing}")
-        self._stems = [s for c in wanted for s in records[c]["entries"][stage]]
-        self.cases = [c for c in wanted for _ in records[c]["entries"][stage]]
+        repeat = repeat or {}
+        entries = [(c, s) for c in wanted for s in records[c]["entries"][stage]]
+        entries = [e for e in entries for _ in range(repeat.get(e[0], 1))]
+        self._stems = [s for _, s in entries]
+        self.cases = [c for c, _ in entries]
         self.names = [s.rsplit("/", 1)[-1] for s in self._stems]
 
     def __len__(self) -> int:
@@ -128,6 +134,25 @@ class CacheSet:
     def case_names(self) -> list[str]:
         """The distinct cases, sorted."""
         return sorted(set(self.cases))
+
+
+def oversampling(specs: Sequence[str], cases: Iterable[str]) -> dict[str, int]:
+    """``"PATTERN=N"`` specs -> {case: N} for the cases whose name matches (shell patterns).
+
+    A case matched by several specs takes the last; a spec that is malformed or matches no
+    case is a ``ConfigError`` (a typo would otherwise train on the wrong mix, silently).
+    """
+    names = sorted(set(cases))
+    out: dict[str, int] = {}
+    for spec in specs:
+        pattern, sep, count = spec.rpartition("=")
+        if not sep or not pattern or not count.isdigit() or int(count) < 1:
+            raise ConfigError(f"oversample {spec!r}: expected PATTERN=N with N >= 1")
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise ConfigError(f"oversample {spec!r}: no training case matches {pattern!r}")
+        out.update(dict.fromkeys(matched, int(count)))
+    return out
 
 
 def split(

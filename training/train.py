@@ -37,7 +37,7 @@ from . import config as configuration
 from .augment import augment
 from .checkpoint import CheckpointError, StageSettings, read_payload, save_checkpoint, sha256_file
 from .config import ConfigError, TrainConfig
-from .data import INDEX_NAME, CacheError, CacheSet, load_index, split
+from .data import INDEX_NAME, CacheError, CacheSet, load_index, oversampling, split
 from .distributed import EpochDraws, Process, draw_epoch, init_distributed
 from .losses import one_hot
 from .networks import NetworkSpec, SpecError, build_network, network_spec
@@ -152,9 +152,10 @@ def load_data(cfg: TrainConfig, size: int) -> Data:
         raise TrainingError(f"{cfg.cache}: no unlabelled images; pass --no-adversarial")
     val_spec = list(cfg.val_cases) or cfg.val_fraction
     train_cases, val_cases = split(labelled.cases, val_spec, cfg.seed)
-    train_set = CacheSet(cache, cfg.stage, "labelled", cases=train_cases)
+    repeat = oversampling(cfg.oversample, train_cases)
+    train_set = CacheSet(cache, cfg.stage, "labelled", cases=train_cases, repeat=repeat)
     # No validation cases (a one-patient dataset): report Dice on the training cases.
-    val_set = CacheSet(cache, cfg.stage, "labelled", cases=val_cases) if val_cases else train_set
+    val_set = CacheSet(cache, cfg.stage, "labelled", cases=val_cases or train_cases)
     val_label = "validation" if val_cases else "training (no validation cases)"
     # The fine crop margin prepare used: inference must crop as the fine network was taught.
     fine = load_index(cache)["stages"].get("fine") or {}
@@ -266,7 +267,7 @@ def set_up(cfg: TrainConfig, resume: bool, proc: Process) -> tuple[Run, int]:
         configuration.write_json(cfg, cfg.run_dir / "config.json")
         validated = (
             f"validating on {len(data.val)} other volumes"
-            if data.val is not data.train
+            if data.val_label == "validation"
             else "no validation cases, so Dice is reported on the training volumes"
         )
         print(

@@ -11,7 +11,7 @@ import torch
 
 from inference.orientation import Orientation
 from tests.helpers import reoriented
-from training.data import CacheError, CacheSet, check_cache, load_index, split
+from training.data import CacheError, CacheSet, check_cache, load_index, oversampling, split
 from training.dataset import FLARE_LABELS
 from training.prepare import main
 from training.transforms import resize_labels
@@ -274,6 +274,20 @@ def test_cache_set_and_split_keep_a_case_together(cache):
         split(fine.cases, ["case_x"])
     unlabelled = CacheSet(cache, "coarse", "unlabelled")
     assert unlabelled.names == ["u1"] and unlabelled[0][1] is None
+
+
+def test_oversampled_cases_come_that_many_times_and_typos_are_refused(cache):
+    fine = CacheSet(cache, "fine")
+    repeat = oversampling(["case_*=2", "case_c=3"], fine.cases)
+    assert repeat == {"case_a": 2, "case_b": 2, "case_c": 3}
+    more = CacheSet(cache, "fine", repeat={"case_b": 3})
+    assert len(more) == len(fine) + 2 * fine.cases.count("case_b")
+    assert more.names.count("case_b_0") == 3 and more.cases.count("case_a") == 2
+    for spec in ["case_a", "case_a=0", "=2", "case_a=x"]:
+        with pytest.raises(ValueError, match="PATTERN=N"):
+            oversampling([spec], fine.cases)
+    with pytest.raises(ValueError, match="no training case matches 'patient\\*'"):
+        oversampling(["patient*=16"], fine.cases)
 
 
 def test_check_cache_names_the_mismatch(cache, tmp_path, dataset):

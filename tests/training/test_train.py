@@ -280,6 +280,8 @@ def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(
 ):
     assert train(cache, tmp_path, "--stage", "coarse", "--input-size", "33") == 2
     assert capsys.readouterr().err.startswith("error: input_size 33")
+    assert train(cache, tmp_path, "--stage", "coarse", "--oversample", "nobody=2") == 2
+    assert capsys.readouterr().err.startswith("error: oversample 'nobody=2': no training case")
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = [")
     assert main(["--config", str(bad)]) == 2
