@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench weights weights-report gpu-weights clean
+.PHONY: demo test test-fast lint bench weights weights-report gpu-weights gpu-kit clean
 
 # make demo installs the runtime alone (what the container holds, and Pillow for its picture:
 # about 480 MB); the other targets the development set (torch, onnx, pytest, ...: about 1.7 GB).
@@ -65,6 +65,11 @@ weights: $(VENV)/installed
 # `docker build` of the GPU image.
 gpu-weights: $(VENV)/installed
 	$(PY) -m export --derive weights --precision fp16
+
+# What a lent GPU machine lacks for benchmarks/gpu_check.py (onnxruntime-gpu, SimpleITK, cc3d
+# for its Python 3.12), in parts that each fit one call: docs/measuring.md has the sequence.
+gpu-kit: $(VENV)/installed
+	$(PY) benchmarks/gpu_check.py --make-kit build/gpu-kit
 
 # DSC and NSD of WEIGHTS on the real training patient and on the held-out one (a DICOM series),
 # written into WEIGHTS/MODEL_CARD.md; the synthetic training cases are not scored.

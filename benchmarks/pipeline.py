@@ -52,8 +52,11 @@ def make_case(ct, spacing_xyz, size_xyz, path: Path) -> None:
     sitk.WriteImage(out, str(path), useCompression=True)
 
 
-def prepare_cases(folder: Path, slices: tuple[int, ...] = SLICES) -> dict[str, Path]:
-    """The FLARE-sized case, then the same anatomy at each number of ``slices``."""
+def prepare_cases(
+    folder: Path, slices: tuple[int, ...] = SLICES, in_plane: int = 512
+) -> dict[str, Path]:
+    """The FLARE-sized case, then the same anatomy at each number of ``slices`` (``in_plane``
+    voxels of 0.8 mm across: 512 is FLARE's; smaller cuts the field of view, for tests)."""
     import SimpleITK as sitk
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +68,7 @@ def prepare_cases(folder: Path, slices: tuple[int, ...] = SLICES) -> dict[str, P
     for name, (spacing, n) in grids.items():
         case = folder / name.replace(" ", "_")
         case.mkdir()
-        make_case(ct, spacing, (512, 512, n), case / "case_0000.nii.gz")
+        make_case(ct, spacing, (in_plane, in_plane, n), case / "case_0000.nii.gz")
         cases[name] = case
     return cases
 
