@@ -28,7 +28,7 @@ class Agreement:
         return self.voxels >= MIN_VOXEL_AGREEMENT and self.min_dsc >= MIN_ORGAN_DSC
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "kept": self.kept}
+        return {**asdict(self), "kept": bool(self.kept)}
 
 
 def agreement(labels: np.ndarray, reference: np.ndarray, voxel_ml: float) -> Agreement:
@@ -45,7 +45,7 @@ def agreement(labels: np.ndarray, reference: np.ndarray, voxel_ml: float) -> Agr
             continue
         d = dice(a, b)
         if d < min_dsc:
-            min_dsc, worst = d, LABEL_NAMES.get(int(k), str(k))
+            min_dsc, worst = float(d), LABEL_NAMES.get(int(k), str(k))
     return Agreement(voxels, min_dsc, worst)
 
 

@@ -110,6 +110,14 @@ class Segmenter:
             self.coarse, self.fine = (load_stage(weights, s, config) for s in STAGES)
         self.providers = self.coarse.session.get_providers()
 
+    @classmethod
+    def from_stages(cls, coarse: Stage, fine: Stage, device: str) -> "Segmenter":
+        """A segmenter over stages made elsewhere (another runtime, in the benchmarks)."""
+        segmenter = cls.__new__(cls)
+        segmenter.device, segmenter.coarse, segmenter.fine = device, coarse, fine
+        segmenter.providers = [type(coarse).__name__]
+        return segmenter
+
     @property
     def network_sides(self) -> tuple[int, int]:
         """The cube side each stage's network sees (for the memory estimate)."""
