@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import json
 import re
+import shlex
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -219,7 +220,7 @@ def command(config: TrainConfig) -> str:
             words += [flag, *map(str, value)]
         else:
             words += [flag, str(value)]
-    return " ".join(words)
+    return shlex.join(words)  # quoted where a shell would change it ("patient*=16")
 
 
 def write_json(config: TrainConfig, path: Path) -> None:

@@ -2,8 +2,10 @@
 
 import argparse
 import csv
+import dataclasses
 import json
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -306,14 +308,17 @@ def test_shipped_configs_parse(name):
     assert not iterations or cfg.warmup_iters + cfg.cooldown_iters < iterations
 
 
-@pytest.mark.parametrize("name", ["flare22_fine", "totalsegmentator_coarse"])
+@pytest.mark.parametrize("name", ["flare22_fine", "totalsegmentator_coarse", "synth_fine"])
 def test_the_recorded_training_command_replays_the_config(name):
     cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
-    words = command(cfg).split()
+    words = shlex.split(command(cfg))
     assert words[:3] == ["python", "-m", "training"]
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert from_args(parser.parse_args(words[3:])) == cfg
+    # A value a shell would expand is quoted.
+    cfg = dataclasses.replace(cfg, oversample=("patient*=16",))
+    assert from_args(parser.parse_args(shlex.split(command(cfg))[3:])) == cfg
 
 
 def test_every_setting_has_its_help_and_default_in_help(capsys):
