@@ -6,14 +6,15 @@
 A lent GPU machine reaches no package index, takes one command of at most 10 minutes and at
 most 64 MiB of files per call. ``make gpu-kit`` (``--make-kit DIR``) downloads, for that
 machine's Python, the wheels of ``requirements/gpu.txt`` it does not have (onnxruntime-gpu,
-SimpleITK, connected-components-3d: about 310 MB) and cuts them into parts with ``kit.json``
-(each part's sha256). Each part travels in its own call while the machine stays warm; the
+SimpleITK, connected-components-3d: about 300 MiB), adds the fp16 graphs derived here (24 MiB;
+that machine's torch is not the pinned one), and cuts them into parts with ``kit.json`` (each
+part's sha256). Each part travels in its own call while the machine stays warm; the
 part calls are the only ones that can leave the weights at home (docs/measuring.md has the
 sequence). ``--kit DIR`` checks the parts, installs the wheels into ``DIR/site`` and puts it
 first on the path, so the CUDA build shadows the CPU onnxruntime there.
 
 Then, in one run (about 3 minutes on an H200), into ``--out``:
-- the fp16 graphs derived from the stored fp32 ones (``python -m export --derive``);
+- the fp16 graphs: the kit's, else derived from the stored fp32 ones there;
 - ``benchmarks/pipeline.py``'s cases: the bundled CT at FLARE's 0.8 x 0.8 x 2.5 mm (134 slices)
   and the same anatomy at 300 and 600 slices;
 - per case, ``--runs`` fresh processes of the GPU path (``benchmarks/cuda_sessions.py``'s
@@ -85,8 +86,11 @@ def pinned(requirements: Path, names: tuple[str, ...]) -> list[str]:
     return [specs[n] for n in names]
 
 
-def make_kit(out: Path, part_mib: float = PART_MIB, wheels: Path | None = None) -> dict:
-    """Download the kit's wheels (or take them from ``wheels``) and cut them into parts."""
+def make_kit(
+    out: Path, part_mib: float = PART_MIB, wheels: Path | None = None, graphs: Path | None = None
+) -> dict:
+    """Download the kit's wheels (or take them from ``wheels``), add the fp16 graphs of
+    ``graphs`` (derived there first when missing), and cut them all into parts."""
     specs = pinned(ROOT / "requirements" / "gpu.txt", KIT_PACKAGES)
     if out.exists():
         shutil.rmtree(out)
@@ -101,6 +105,8 @@ def make_kit(out: Path, part_mib: float = PART_MIB, wheels: Path | None = None) 
     with tarfile.open(tar, "w") as t:  # wheels are zip files already: no compression
         for wheel in sorted(wheels.glob("*.whl")):
             t.add(wheel, arcname=wheel.name)
+        for graph in fp16_graphs(graphs) if graphs else []:
+            t.add(graph, arcname=f"graphs/{graph.name}")
     parts = []
     size = max(1, int(part_mib * 2**20))
     with open(tar, "rb") as f:
@@ -112,12 +118,42 @@ def make_kit(out: Path, part_mib: float = PART_MIB, wheels: Path | None = None) 
     if wheels.is_relative_to(out):
         shutil.rmtree(wheels)
     kit = {"python": KIT_PYTHON, "requirements": specs, "parts": parts}
+    if graphs:  # the fp16 graphs serve only the fp32 graphs they were derived from
+        kit["fp32_sha256"] = fp32_hashes(graphs)
     (out / KIT_INDEX).write_text(json.dumps(kit, indent=2) + "\n")
     return kit
 
 
+def fp16_graphs(weights: Path) -> list[Path]:
+    """``weights``' fp16 graphs, derived from its fp32 ones when missing (``make gpu-weights``):
+    derived here with the pinned torch, so the GPU machine's torch plays no part."""
+    from inference.stage_info import STAGES, graph_filename
+
+    paths = [weights / graph_filename(stage, "fp16") for stage in STAGES]
+    if not all(p.is_file() for p in paths):
+        from export.__main__ import main as export_main
+
+        if export_main(["--derive", str(weights), "--precision", "fp16"]) != 0:
+            raise KitError(f"{weights}: the fp16 graphs could not be derived")
+    return paths
+
+
+def fp32_hashes(weights: Path) -> dict[str, str]:
+    return {p.name: sha256(p) for p in sorted(weights.glob("*_fp32.onnx"))}
+
+
+def kit_graphs(kit_dir: Path, weights: Path) -> Path | None:
+    """The kit's fp16 graphs when they were derived from ``weights``' fp32 graphs, else None."""
+    kit = json.loads((kit_dir / KIT_INDEX).read_text())
+    graphs = kit_dir / "graphs"
+    if not graphs.is_dir() or kit.get("fp32_sha256") != fp32_hashes(weights):
+        return None
+    return graphs
+
+
 def install_kit(kit_dir: Path) -> Path:
-    """Check the kit's parts, install its wheels into ``kit_dir/site`` once; that folder."""
+    """Check the kit's parts, install its wheels into ``kit_dir/site`` and its graphs into
+    ``kit_dir/graphs`` once; the site folder."""
     site = kit_dir / "site"
     index = kit_dir / KIT_INDEX
     if not index.is_file():
@@ -142,6 +178,9 @@ def install_kit(kit_dir: Path) -> Path:
                 f.write((kit_dir / p["name"]).read_bytes())
         with tarfile.open(tar) as t:
             t.extractall(tmp, filter="data")
+        shutil.rmtree(kit_dir / "graphs", ignore_errors=True)
+        if (Path(tmp) / "graphs").is_dir():
+            shutil.copytree(Path(tmp) / "graphs", kit_dir / "graphs")
         shutil.rmtree(site, ignore_errors=True)
         cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
         cmd += ["--no-compile", "--target", str(site), *map(str, Path(tmp).glob("*.whl"))]
@@ -158,8 +197,11 @@ def use_site(site: Path) -> None:
     )
 
 
-def prepare_weights(folder: Path, weights: Path | None, tiny: bool) -> Path:
-    """The stored fp32 graphs (or small random ones) with their fp16 graphs derived."""
+def prepare_weights(
+    folder: Path, weights: Path | None, tiny: bool, fp16: Path | None = None
+) -> Path:
+    """The stored fp32 graphs (or small random ones) with their fp16 graphs: the kit's
+    (``fp16``) when it brought them, else derived here."""
     from export.__main__ import main as export_main
 
     out = folder / "weights"
@@ -171,6 +213,10 @@ def prepare_weights(folder: Path, weights: Path | None, tiny: bool) -> Path:
         for path in Path(weights or ROOT / "weights").glob("*_fp32.onnx"):
             shutil.copy(path, out)
         shutil.copy(Path(weights or ROOT / "weights") / "manifest.json", out)
+    if fp16 is not None and not tiny:
+        for path in fp16.glob("*_fp16.onnx"):
+            shutil.copy(path, out)
+        return out
     if export_main(["--derive", str(out), "--precision", "fp16"]) != 0:
         raise RuntimeError(f"{out}: the fp16 graphs could not be derived")
     return out
@@ -247,8 +293,12 @@ def table(rows: list[dict], profile: dict, device: str) -> str:
 
 
 def check(args: argparse.Namespace) -> int:
+    fp16 = None
     if args.kit is not None:
         use_site(install_kit(args.kit))
+        fp16 = kit_graphs(args.kit, args.weights or ROOT / "weights")
+        if fp16 is None:
+            print("the kit's fp16 graphs are not these weights': deriving them here")
     import onnxruntime as ort
 
     from benchmarks.pipeline import prepare_cases
@@ -265,7 +315,7 @@ def check(args: argparse.Namespace) -> int:
     result: dict = {"onnxruntime": ort.__version__, "providers": providers, "gpu": note}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        weights = prepare_weights(Path(tmp), args.weights, args.tiny)
+        weights = prepare_weights(Path(tmp), args.weights, args.tiny, fp16)
         slices = (24, 48) if args.tiny else SLICES
         cases = prepare_cases(Path(tmp) / "cases", slices, in_plane=64 if args.tiny else 512)
         rows = []
@@ -304,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.make_kit:
-            kit = make_kit(args.make_kit, args.part_mib, args.wheels)
+            graphs = args.weights or ROOT / "weights"
+            kit = make_kit(args.make_kit, args.part_mib, args.wheels, graphs)
             total = sum(part["bytes"] for part in kit["parts"]) / 2**20
             names = ", ".join(part["name"] for part in kit["parts"])
             print(f"{args.make_kit}: {len(kit['parts'])} parts ({total:.0f} MiB): {names}")

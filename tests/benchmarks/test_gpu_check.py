@@ -5,7 +5,7 @@ import zipfile
 
 import pytest
 
-from benchmarks.gpu_check import KIT_INDEX, KitError, install_kit, main, make_kit
+from benchmarks.gpu_check import KIT_INDEX, KitError, install_kit, kit_graphs, main, make_kit
 
 
 def fake_wheel(folder, name="kitprobe", version="1.0"):
@@ -27,7 +27,12 @@ def fake_wheel(folder, name="kitprobe", version="1.0"):
 
 def test_the_kit_travels_in_parts_and_installs_only_when_whole(tmp_path):
     fake_wheel(tmp_path / "wheels")
-    kit = make_kit(tmp_path / "kit", part_mib=0.001, wheels=tmp_path / "wheels")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for stage in ("coarse", "fine"):
+        (weights / f"{stage}_fp32.onnx").write_bytes(b"fp32 " + stage.encode())
+        (weights / f"{stage}_fp16.onnx").write_bytes(b"fp16 " + stage.encode())
+    kit = make_kit(tmp_path / "kit", part_mib=0.001, wheels=tmp_path / "wheels", graphs=weights)
     parts = [p["name"] for p in kit["parts"]]
     assert len(parts) >= 2 and all(p["bytes"] <= 1048 for p in kit["parts"])
     assert [r.split("==")[0] for r in kit["requirements"]] == [
@@ -48,6 +53,10 @@ def test_the_kit_travels_in_parts_and_installs_only_when_whole(tmp_path):
     site = install_kit(tmp_path / "kit")
     assert (site / "kitprobe" / "__init__.py").read_text() == "VALUE = 42\n"
     assert install_kit(tmp_path / "kit") == site  # a second call finds it installed
+    graphs = kit_graphs(tmp_path / "kit", weights)
+    assert (graphs / "fine_fp16.onnx").read_bytes() == b"fp16 fine"
+    (weights / "fine_fp32.onnx").write_bytes(b"retrained")  # other weights: not theirs
+    assert kit_graphs(tmp_path / "kit", weights) is None
 
 
 def test_a_kit_without_its_index_says_what_to_carry(tmp_path, capsys):
