@@ -190,10 +190,16 @@ def install_kit(kit_dir: Path) -> Path:
 
 
 def use_site(site: Path) -> None:
-    """Put ``site`` first on this process's path and on every child process's."""
+    """Put ``site`` first on this process's path and on every child process's, and the CUDA
+    libraries of the machine's pip packages (``nvidia/*/lib``: cuDNN, cuBLAS, the runtime) on
+    the children's library path, where onnxruntime-gpu looks for them."""
     sys.path.insert(0, str(site))
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(site), str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    libs = sorted({str(d) for p in sys.path if p for d in Path(p).glob("nvidia/*/lib")})
+    os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
+        [*libs, *filter(None, [os.environ.get("LD_LIBRARY_PATH")])]
     )
 
 
@@ -230,6 +236,8 @@ def measure_case(gpu, weights: Path, case: Path, work: Path, runs: int, device: 
     variant = "chosen" if device == "cuda" else "cpu"
     gpu_runs = [run_once(gpu, variant, weights, case, work / "gpu") for _ in range(runs)]
     row = summarize(gpu_runs)
+    if device == "cuda" and "error" not in row and row["providers"][0] != "CUDAExecutionProvider":
+        row["error"] = f"ran on {row['providers'][0]}, not CUDA (a library missing? run -v)"
     reference = summarize([run_once(None, "cpu", weights, case, work / "cpu")])
     row["cpu_wall"] = reference.get("wall")
     labels, ref = work / "gpu" / "case.nii.gz", work / "cpu" / "case.nii.gz"
