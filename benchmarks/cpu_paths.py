@@ -17,7 +17,9 @@ Paths:
   per-channel weights, uint8 activations), calibrated on real CTs (``--calibration``: the
   coarse graph on each whole volume, the fine graph on the crop the fp32 path cuts from it);
 - ``openvino``, ``openvino-bf16``: OpenVINO's runtime on the fp32 graphs (``pip install
-  openvino``; skipped when it is missing), in f32 and with its bf16 inference hint.
+  openvino``; skipped when it is missing), in f32 and with its bf16 inference hint;
+- ``ort-coarse-openvino-bf16``: ONNX Runtime's coarse stage (so the fine crop is the fp32
+  path's) and OpenVINO bf16's fine stage.
 """
 
 import argparse
@@ -36,7 +38,7 @@ if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 BUNDLED_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"
-PATHS = ("fp32", "native-norm", "int8", "openvino", "openvino-bf16")
+PATHS = ("fp32", "native-norm", "int8", "openvino", "openvino-bf16", "ort-coarse-openvino-bf16")
 STAGES = ("coarse", "fine")
 
 
@@ -163,11 +165,16 @@ def child(path: str, weights: Path, case: Path, out: Path) -> dict:
     from inference.pipeline import Segmenter
 
     start = time.perf_counter()
-    if path.startswith("openvino"):
+    if "openvino" in path:
+        from inference.pipeline import load_stage
+        from inference.sessions import RuntimeConfig
         from inference.stage_info import StageInfo
 
         stages = []
         for stage in STAGES:
+            if stage == "coarse" and path.startswith("ort-coarse"):
+                stages.append(load_stage(weights, stage, RuntimeConfig.for_device("cpu")))
+                continue
             metadata = json.loads((weights / f"{stage}_metadata.json").read_text())
             info = StageInfo.from_metadata(metadata, str(weights))
             stages.append(OpenVinoStage(graph(weights, stage), info, path.endswith("bf16")))
@@ -216,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        skipped = [x for x in paths if x.startswith("openvino")]
+        skipped = [x for x in paths if "openvino" in x]
         if skipped:
             print(f"skipped {', '.join(skipped)}: pip install openvino", file=sys.stderr)
         paths = [x for x in paths if x not in skipped]
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 HEADER = (
-    f"{'path':<14} {'case':<8} {'wall s':>6} {'x fp32':>6} {'sess':>5} {'coarse':>6} "
+    f"{'path':<24} {'case':<8} {'wall s':>6} {'x fp32':>6} {'sess':>5} {'coarse':>6} "
     f"{'fine':>6} {'agree':>7} {'min DSC':>7} {'kept':>5}"
 )
 LEGEND = (
@@ -267,13 +274,13 @@ _BASE: dict[str, float] = {}
 
 def line(r: dict) -> str:
     if "error" in r:
-        return f"{r['path']:<14} {r['case']:<8} error: {r['error'][:90]}"
+        return f"{r['path']:<24} {r['case']:<8} error: {r['error'][:90]}"
     if r["path"] == "fp32":
         _BASE[r["case"]] = r["wall"]
     ratio = _BASE.get(r["case"], r["wall"]) / r["wall"]
     a = r["agree"]
     return (
-        f"{r['path']:<14} {r['case']:<8} {r['wall']:>6.2f} {ratio:>6.2f} {r['sessions']:>5.2f} "
+        f"{r['path']:<24} {r['case']:<8} {r['wall']:>6.2f} {ratio:>6.2f} {r['sessions']:>5.2f} "
         f"{r['coarse']:>6.2f} {r['fine']:>6.2f} {a['voxels']:>7.5f} {a['min_dsc']:>7.4f} "
         f"{a['kept']!s:>5}"
     )
