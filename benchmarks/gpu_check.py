@@ -68,14 +68,6 @@ class KitError(RuntimeError):
     """A kit that is missing parts or holds damaged ones; names what to carry again."""
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def pinned(requirements: Path, names: tuple[str, ...]) -> list[str]:
     """The ``name==version`` lines of ``requirements`` for ``names`` (case-insensitive)."""
     lines = [s.split("#")[0].strip() for s in requirements.read_text().splitlines()]
@@ -113,7 +105,8 @@ def make_kit(
         for i, block in enumerate(iter(lambda: f.read(size), b"")):
             part = out / f"part-{i:02d}"
             part.write_bytes(block)
-            parts.append({"name": part.name, "bytes": len(block), "sha256": sha256(part)})
+            digest = hashlib.sha256(block).hexdigest()
+            parts.append({"name": part.name, "bytes": len(block), "sha256": digest})
     tar.unlink()
     if wheels.is_relative_to(out):
         shutil.rmtree(wheels)
@@ -139,7 +132,9 @@ def fp16_graphs(weights: Path) -> list[Path]:
 
 
 def fp32_hashes(weights: Path) -> dict[str, str]:
-    return {p.name: sha256(p) for p in sorted(weights.glob("*_fp32.onnx"))}
+    from training.checkpoint import sha256_file
+
+    return {p.name: sha256_file(p) for p in sorted(weights.glob("*_fp32.onnx"))}
 
 
 def kit_graphs(kit_dir: Path, weights: Path) -> Path | None:
@@ -163,19 +158,19 @@ def install_kit(kit_dir: Path) -> Path:
     if done.is_file() and done.read_text() == index.read_text():
         return site
     missing = [p["name"] for p in kit["parts"] if not (kit_dir / p["name"]).is_file()]
-    bad = [
-        p["name"]
-        for p in kit["parts"]
-        if p["name"] not in missing and sha256(kit_dir / p["name"]) != p["sha256"]
-    ]
-    if missing or bad:
-        gone, damaged = missing or "none", bad or "none"
-        raise KitError(f"{kit_dir}: carry again: missing {gone}, damaged {damaged}")
     with tempfile.TemporaryDirectory() as tmp:
         tar = Path(tmp) / "kit.tar"
-        with open(tar, "wb") as f:
+        bad = []
+        with open(tar, "wb") as f:  # each part read once: checked as it is joined
             for p in kit["parts"]:
-                f.write((kit_dir / p["name"]).read_bytes())
+                if p["name"] not in missing:
+                    block = (kit_dir / p["name"]).read_bytes()
+                    if hashlib.sha256(block).hexdigest() != p["sha256"]:
+                        bad.append(p["name"])
+                    f.write(block)
+        if missing or bad:
+            gone, damaged = missing or "none", bad or "none"
+            raise KitError(f"{kit_dir}: carry again: missing {gone}, damaged {damaged}")
         with tarfile.open(tar) as t:
             t.extractall(tmp, filter="data")
         shutil.rmtree(kit_dir / "graphs", ignore_errors=True)
@@ -203,9 +198,7 @@ def use_site(site: Path) -> None:
     )
 
 
-def prepare_weights(
-    folder: Path, weights: Path | None, tiny: bool, fp16: Path | None = None
-) -> Path:
+def prepare_weights(folder: Path, weights: Path, tiny: bool, fp16: Path | None = None) -> Path:
     """The stored fp32 graphs (or small random ones) with their fp16 graphs: the kit's
     (``fp16``) when it brought them, else derived here."""
     from export.__main__ import main as export_main
@@ -216,9 +209,9 @@ def prepare_weights(
         assert export_main([*small, "--out", str(out), "--precision", "fp32"]) == 0
     else:
         out.mkdir(parents=True)
-        for path in Path(weights or ROOT / "weights").glob("*_fp32.onnx"):
+        for path in weights.glob("*_fp32.onnx"):
             shutil.copy(path, out)
-        shutil.copy(Path(weights or ROOT / "weights") / "manifest.json", out)
+        shutil.copy(weights / "manifest.json", out)
     if fp16 is not None and not tiny:
         for path in fp16.glob("*_fp16.onnx"):
             shutil.copy(path, out)
@@ -304,7 +297,7 @@ def check(args: argparse.Namespace) -> int:
     fp16 = None
     if args.kit is not None:
         use_site(install_kit(args.kit))
-        fp16 = kit_graphs(args.kit, args.weights or ROOT / "weights")
+        fp16 = kit_graphs(args.kit, args.weights)
         if fp16 is None:
             print("the kit's fp16 graphs are not these weights': deriving them here")
     import onnxruntime as ort
@@ -352,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", type=Path, default=ROOT / "results" / "gpu_check")
-    p.add_argument("--weights", type=Path, help="fp32 stage graphs (default: weights/)")
+    p.add_argument("--weights", type=Path, default=ROOT / "weights", help="fp32 stage graphs")
     p.add_argument("--runs", type=int, default=3, help="fresh GPU processes per case")
     p.add_argument("--kit", type=Path, help="install this gpu kit first (make gpu-kit)")
     p.add_argument("--tiny", action="store_true", help="small random graphs and cases")
@@ -362,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.make_kit:
-            graphs = args.weights or ROOT / "weights"
-            kit = make_kit(args.make_kit, args.part_mib, args.wheels, graphs)
+            kit = make_kit(args.make_kit, args.part_mib, args.wheels, args.weights)
             total = sum(part["bytes"] for part in kit["parts"]) / 2**20
             names = ", ".join(part["name"] for part in kit["parts"])
             print(f"{args.make_kit}: {len(kit['parts'])} parts ({total:.0f} MiB): {names}")
