@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test test-fast lint bench weights weights-report gpu-weights gpu-kit clean
 
-# make demo installs the runtime alone (what the container holds, and Pillow for its picture:
-# about 480 MB); the other targets the development set (torch, onnx, pytest, ...: about 1.7 GB).
+# make demo installs the runtime alone (what the CPU container holds, and Pillow for its picture:
+# about 660 MB); the other targets the development set (torch, onnx, pytest, ...: about 1.9 GB).
 $(VENV)/runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[report]'
+	$(PY) -m pip install -q -e '.[report,openvino]'
 	touch $@
 
 $(VENV)/installed: pyproject.toml

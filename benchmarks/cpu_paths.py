@@ -5,7 +5,8 @@
 
 Each path is built from the stored fp32 graphs in this run, then segments the bundled CT and
 the FLARE-sized case (``benchmarks/pipeline.py``: 0.8 x 0.8 x 2.5 mm, 512 x 512 x 134) in
-``--runs`` fresh processes (wall time from start to exit, median; stage times inside), and its
+``--runs`` fresh processes, the paths taking turns (wall time from start to exit, median; stage
+times inside), and its
 labels are compared with the fp32 path's (``benchmarks/agreement.py``: kept when >= 99.5 % of
 the voxels agree and every organ above 10 mL has DSC >= 0.99).
 
@@ -19,7 +20,8 @@ Paths:
 - ``openvino``, ``openvino-bf16``: OpenVINO's runtime on the fp32 graphs (``pip install
   openvino``; skipped when it is missing), in f32 and with its bf16 inference hint;
 - ``ort-coarse-openvino-bf16``: ONNX Runtime's coarse stage (so the fine crop is the fp32
-  path's) and OpenVINO bf16's fine stage.
+  path's) and OpenVINO bf16's fine stage: the runtime's ``--cpu-engine openvino``, its choice
+  where OpenVINO is installed and the CPU has native bf16 (``inference.openvino_stage``).
 """
 
 import argparse
@@ -68,7 +70,7 @@ def calibration_inputs(weights: Path, cts: list[Path]) -> dict[str, list]:
     from inference.pipeline import Segmenter
     from inference.roi import fine_region
 
-    segmenter = Segmenter(weights, "cpu")
+    segmenter = Segmenter(weights, "cpu", cpu_engine="onnxruntime")
     feeds: dict[str, list] = {stage: [] for stage in STAGES}
     for ct in cts:
         loaded = read_case(ct)
@@ -131,33 +133,7 @@ def build(path: str, weights: Path, folder: Path, cts: list[Path]) -> Path:
     else:  # fp32 and the OpenVINO paths run the stored graphs
         for stage in STAGES:
             shutil.copy(graph(weights, stage), out)
-    if "openvino" in path:  # OpenVINO does not read ONNX metadata: the settings go beside
-        import onnx
-
-        for stage in STAGES:
-            props = onnx.load(graph(weights, stage)).metadata_props
-            metadata = {p.key: p.value for p in props}
-            (out / f"{stage}_metadata.json").write_text(json.dumps(metadata))
     return out
-
-
-class OpenVinoStage:
-    """A stage graph compiled by OpenVINO, in the place of ``inference.pipeline.Stage``."""
-
-    def __init__(self, path: Path, info, bf16: bool) -> None:
-        import openvino as ov
-
-        hint = {"INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"}
-        self.compiled = ov.Core().compile_model(str(path), "CPU", hint)
-        self.info = info
-
-    def run(self, image):
-        import numpy as np
-
-        return self.compiled([np.ascontiguousarray(image)])[0]
-
-    def stop(self) -> None:
-        pass
 
 
 def child(path: str, weights: Path, case: Path, out: Path) -> dict:
@@ -166,22 +142,16 @@ def child(path: str, weights: Path, case: Path, out: Path) -> dict:
     from inference.pipeline import Segmenter
 
     start = time.perf_counter()
-    if "openvino" in path:
-        from inference.pipeline import load_stage
-        from inference.sessions import RuntimeConfig
-        from inference.stage_info import StageInfo
+    if path.startswith("ort-coarse"):  # the runtime's own choice where OpenVINO is there
+        segmenter = Segmenter(weights, "cpu", cpu_engine="openvino")
+    elif "openvino" in path:
+        from inference.openvino_stage import OpenVinoStage
 
-        stages = []
-        for stage in STAGES:
-            if stage == "coarse" and path.startswith("ort-coarse"):
-                stages.append(load_stage(weights, stage, RuntimeConfig.for_device("cpu")))
-                continue
-            metadata = json.loads((weights / f"{stage}_metadata.json").read_text())
-            info = StageInfo.from_metadata(metadata, str(weights))
-            stages.append(OpenVinoStage(graph(weights, stage), info, path.endswith("bf16")))
+        hint = "bf16" if path.endswith("bf16") else "f32"
+        stages = [OpenVinoStage(graph(weights, stage), hint) for stage in STAGES]
         segmenter = Segmenter.from_stages(*stages, device="cpu")
     else:
-        segmenter = Segmenter(weights, "cpu")
+        segmenter = Segmenter(weights, "cpu", cpu_engine="onnxruntime")
     sessions = time.perf_counter() - start
     return {"sessions": sessions, **segment_file(segmenter, case, out)}
 
@@ -232,15 +202,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         flare = prepare_cases(Path(tmp) / "cases", (), in_plane=64 if args.tiny else 512)
         cases = {"bundled": BUNDLED_CT, "flare": flare["flare"] / "case_0000.nii.gz"}
+        graphs, built = {}, {}
         for path in paths:
             start = time.perf_counter()
-            weights = build(path, args.weights, Path(tmp) / "graphs", args.calibration)
-            built = time.perf_counter() - start
-            for name, case in cases.items():
+            graphs[path] = build(path, args.weights, Path(tmp) / "graphs", args.calibration)
+            built[path] = time.perf_counter() - start
+        for name, case in cases.items():
+            # Run by run, each path in turn: a slower spell of the machine hits them all alike.
+            runs: dict[str, list] = {path: [] for path in paths}
+            for _ in range(args.runs):
+                for path in paths:
+                    out = Path(tmp) / "out" / path / name
+                    runs[path].append(run_fresh(path, graphs[path], case, out))
+            for path in paths:
                 out = Path(tmp) / "out" / path / name
-                runs = [run_fresh(path, weights, case, out) for _ in range(args.runs)]
-                ok = [r for r in runs if "error" not in r]
-                row: dict = {"path": path, "case": name, "build_s": built, "runs": runs}
+                ok = [r for r in runs[path] if "error" not in r]
+                row: dict = {"path": path, "case": name, "build_s": built[path], "runs": runs[path]}
                 if ok:
                     keys = ("wall", "sessions", "coarse", "fine")
                     row.update({k: statistics.median(r[k] for r in ok) for k in keys})
@@ -253,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                     reference = Path(tmp) / "out" / "fp32" / name / file
                     row["agree"] = file_agreement(out / file, reference).as_dict()
                 else:
-                    row["error"] = runs[0]["error"]
+                    row["error"] = runs[path][0]["error"]
                 rows.append(row)
                 print(line(row), file=sys.stderr, flush=True)
     print(f"{os.cpu_count()} CPUs; fresh process per run, median of {args.runs}")

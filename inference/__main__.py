@@ -82,6 +82,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="auto: CUDA with the fp16 graphs when ONNX Runtime has it and it works, else the "
         "CPU with the fp32 graphs (a warning says why); cuda: fail instead [%(default)s]",
     )
+    p.add_argument(
+        "--cpu-engine",
+        choices=["auto", "onnxruntime", "openvino"],
+        default="auto",
+        help="the fine stage's engine on the CPU. auto: OpenVINO in bf16 where it is installed "
+        "and the CPU has native bf16 (1.4x faster per case, labels 99.99 %% the same), else "
+        "ONNX Runtime fp32 [%(default)s]",
+    )
     p.add_argument("--timings", type=Path, help="append per-case timings here as JSON lines")
     p.add_argument(
         "-v", "--verbose", action="store_true", help="progress details, and tracebacks of errors"
@@ -135,6 +143,7 @@ def timings_record(segmenter: Segmenter, path: Path, loaded: Loaded, result: Res
         "case": case_name(path),
         "shape": list(loaded.volume.shape),
         "providers": segmenter.providers,
+        "fine_engine": segmenter.fine_engine,
         "roi_source": result.roi_source,
         "warnings": loaded.warnings,
         "read": loaded.seconds,
@@ -337,7 +346,7 @@ def _run(args: argparse.Namespace, batches: list[Batch]) -> int:
     if not plan.cases:
         return 1
     try:
-        segmenter = Segmenter(args.weights, args.device)
+        segmenter = Segmenter(args.weights, args.device, cpu_engine=args.cpu_engine)
     except (DeviceError, OSError, ValueError, *ORT_ERRORS) as e:  # e.g. a corrupt graph file
         print(f"error: {e}", file=sys.stderr)
         return 2

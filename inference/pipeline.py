@@ -11,10 +11,11 @@ from onnxruntime.capi.onnxruntime_pybind11_state import EPFail, Fail, RuntimeExc
 
 from .components import keep_components
 from .hu import as_int16_hu
+from .openvino_stage import NOT_INSTALLED, OpenVinoStage, openvino_bf16_reason
 from .orientation import Orientation
 from .roi import fine_region
 from .sessions import RuntimeConfig
-from .stage_info import INPUT_NAME, STAGES, StageInfo, graph_filename
+from .stage_info import INPUT_NAME, StageInfo, graph_filename
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,22 @@ def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
     return Stage(session, info, config.run_options())
 
 
+def load_fine_stage(weights: Path, config: RuntimeConfig) -> Stage | OpenVinoStage:
+    """The fine stage on ``config.fine_engine``; ``DeviceError`` when that is OpenVINO and it
+    is not installed."""
+    if config.fine_engine != "openvino":
+        return load_stage(weights, "fine", config)
+    path = weights / graph_filename("fine", config.precision)
+    if openvino_bf16_reason() == NOT_INSTALLED:
+        raise DeviceError(f"{path}: the openvino engine was asked for, but {NOT_INSTALLED}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such stage graph (python -m export writes them)")
+    stage = OpenVinoStage(path)
+    stage.info.check("fine", config.precision, str(path))
+    log.info("fine: %s on OpenVINO bf16", path.name)
+    return stage
+
+
 def pick_device(device: str) -> str:
     """ "auto" -> "cuda" when ONNX Runtime has the CUDA provider, else "cpu"."""
     if device != "auto":
@@ -84,18 +101,25 @@ class Segmenter:
     """Loads both stage graphs once; ``segment`` runs one volume through them."""
 
     def __init__(
-        self, weights: Path, device: str = "auto", config: RuntimeConfig | None = None
+        self,
+        weights: Path,
+        device: str = "auto",
+        config: RuntimeConfig | None = None,
+        cpu_engine: str = "auto",
     ) -> None:
         """``config`` (the benchmarks' hook) overrides the project's choices for the device.
+        ``cpu_engine``: the fine stage's engine on the CPU ("auto", "onnxruntime", "openvino";
+        ``inference.openvino_stage``).
 
         ``device="auto"`` takes the GPU when ONNX Runtime has the CUDA provider and it really
         runs; when it doesn't (the GPU image run without a GPU, a driver too old), it logs one
         warning with the reason and the fix and takes the CPU graphs. ``"cuda"`` raises then.
         """
         self.device = config.device if config else pick_device(device)
-        config = config or RuntimeConfig.for_device(self.device)
+        config = config or RuntimeConfig.for_device(self.device, cpu_engine)
         try:
-            self.coarse, self.fine = (load_stage(weights, s, config) for s in STAGES)
+            self.coarse = load_stage(weights, "coarse", config)
+            self.fine = load_fine_stage(weights, config)
         except (DeviceError, FileNotFoundError, *ORT_ERRORS) as e:
             if device != "auto" or self.device != "cuda":
                 raise
@@ -106,9 +130,11 @@ class Segmenter:
                 log.warning(
                     "no usable GPU (%s); running the CPU graphs. For the GPU: %s", reason, GPU_FIX
                 )
-            self.device, config = "cpu", RuntimeConfig.for_device("cpu")
-            self.coarse, self.fine = (load_stage(weights, s, config) for s in STAGES)
+            self.device, config = "cpu", RuntimeConfig.for_device("cpu", cpu_engine)
+            self.coarse = load_stage(weights, "coarse", config)
+            self.fine = load_fine_stage(weights, config)
         self.providers = self.coarse.session.get_providers()
+        self.fine_engine = config.fine_engine
 
     @classmethod
     def from_stages(cls, coarse: Stage, fine: Stage, device: str) -> "Segmenter":
@@ -116,6 +142,7 @@ class Segmenter:
         segmenter = cls.__new__(cls)
         segmenter.device, segmenter.coarse, segmenter.fine = device, coarse, fine
         segmenter.providers = [type(coarse).__name__]
+        segmenter.fine_engine = type(fine).__name__
         return segmenter
 
     @property

@@ -52,13 +52,24 @@ class RuntimeConfig:
     # 2.9 GB peak RSS instead of 4.3 GB at the same speed (no arena at all: 2.3 GB, 1.4 s
     # slower). GPU: 1826 instead of 2626 MiB (134 slices), 2066 instead of 3080 (600 slices).
     shrink_arenas: bool = True
+    # The fine stage's engine: "openvino" runs the fp32 graph in bf16 (CPU only; see
+    # inference.openvino_stage), "onnxruntime" runs it as everything else runs.
+    fine_engine: str = "onnxruntime"
+    # ONNX Runtime's idle threads spin while waiting for work: beside OpenVINO's fine stage
+    # that cost it 1.0-1.6 s of 3.4 s on the FLARE-sized crop (2 cores). Off, the coarse stage
+    # runs no slower.
+    spin: bool = True
 
     @classmethod
-    def for_device(cls, device: str) -> "RuntimeConfig":
-        """The project's choices for ``device`` ("cuda" or "cpu")."""
+    def for_device(cls, device: str, cpu_engine: str = "onnxruntime") -> "RuntimeConfig":
+        """The project's choices for ``device`` ("cuda" or "cpu"); on the CPU, ``cpu_engine``
+        runs the fine stage ("auto": ``inference.openvino_stage.cpu_engine`` decides)."""
         if device == "cuda":
             return cls("cuda", "fp16", dict(CUDA_PROVIDER_OPTIONS))
-        return cls("cpu", "fp32")
+        from .openvino_stage import cpu_engine as resolve
+
+        engine = resolve(cpu_engine)
+        return cls("cpu", "fp32", fine_engine=engine, spin=engine != "openvino")
 
     def providers(self) -> list:
         if self.device == "cuda":
@@ -71,6 +82,8 @@ class RuntimeConfig:
         opts.enable_mem_pattern = self.memory_pattern
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
+        if not self.spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
     def run_options(self) -> ort.RunOptions:

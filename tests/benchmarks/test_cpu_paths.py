@@ -1,5 +1,6 @@
 """benchmarks/cpu_paths.py: every CPU path builds, runs in a fresh process and is compared."""
 
+import importlib.util
 import json
 
 import pytest
@@ -11,11 +12,13 @@ from benchmarks.cpu_paths import main
 def test_each_path_builds_runs_and_is_compared_with_fp32(small_weights, tmp_path, capsys):
     out = tmp_path / "cpu_paths.json"
     paths = ["native-norm", "int8"]
+    if importlib.util.find_spec("openvino"):  # the runtime's own OpenVINO fine stage
+        paths.append("ort-coarse-openvino-bf16")
     argv = ["--weights", str(small_weights), "--tiny", "--runs", "1", "--out", str(out)]
     assert main([*argv, "--paths", *paths]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["path"], r["case"]) for r in rows] == [
-        (p, c) for p in ["fp32", *paths] for c in ("bundled", "flare")
+        (p, c) for c in ("bundled", "flare") for p in ["fp32", *paths]
     ]
     for r in rows:
         assert "error" not in r and r["wall"] > r["fine"] > 0
