@@ -1,11 +1,14 @@
 """Per-stage time and peak RSS of ``python -m inference`` on FLARE-sized cases, on the CPU.
 
-    python benchmarks/pipeline.py [--weights DIR] [--runs 3] [--out results/pipeline.json]
+    python benchmarks/pipeline.py [--weights DIR] [--runs 3] [--cpu-engine auto]
+                                  [--out results/pipeline.json]
 
 Cases: the bundled CT resampled to 0.8 x 0.8 x 2.5 mm and padded with air to 512 x 512 in-plane
 (the FLARE-sized case), then the same anatomy at 150, 300 and 600 slices. Each case runs in a
-fresh process (``--runs`` times, median); in the same run, fresh processes also time the two
-networks alone at their input sizes, so the targets compare figures from one machine state:
+fresh process of its own, segmented there ``--runs`` times (median; so OpenVINO's compile for
+the crop's shape counts in the first run only); in the same run, fresh processes also time the
+two networks alone (ONNX Runtime) at their input sizes, so the targets compare figures from one
+machine state:
 - time: pipeline total <= 1.25 x (coarse forward + fine forward + read + write);
 - memory: pipeline peak RSS <= fine network forward's peak RSS + 1024 MiB.
 Without ``--weights``, paper-size random graphs are exported first. Random coarse labels are
@@ -73,18 +76,22 @@ def prepare_cases(
     return cases
 
 
-def child_pipeline(weights: Path, case: Path, runs: int) -> dict:
+def child_pipeline(weights: Path, case: Path, runs: int, engine: str = "auto") -> dict:
     from inference.__main__ import segment_file
     from inference.io import find_inputs
     from inference.pipeline import Segmenter
 
-    segmenter = Segmenter(weights, "cpu")
+    segmenter = Segmenter(weights, "cpu", cpu_engine=engine)
     path = find_inputs(case)[0]
     out = case / "out"
     out.mkdir(exist_ok=True)
     records = []
     time_runs(lambda: records.append(segment_file(segmenter, path, out)), runs, warmup=0)
-    return {"records": records, "peak_rss_mib": peak_rss_mib()}
+    return {
+        "records": records,
+        "peak_rss_mib": peak_rss_mib(),
+        "fine_engine": segmenter.fine_engine,
+    }
 
 
 def child_network(weights: Path, stage: str, runs: int) -> dict:
@@ -129,13 +136,21 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, help="stage graphs (default: random paper-size)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument(
+        "--cpu-engine",
+        choices=["auto", "onnxruntime", "openvino"],
+        default="auto",
+        help="the fine stage's engine, as python -m inference takes it [%(default)s]",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "results" / "pipeline.json")
     p.add_argument("--child", nargs=3, metavar=("KIND", "WEIGHTS", "ARG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         kind, weights, arg = args.child
-        fn = child_pipeline if kind == "pipeline" else child_network
-        result = fn(Path(weights), Path(arg) if kind == "pipeline" else arg, args.runs)
+        if kind == "pipeline":
+            result = child_pipeline(Path(weights), Path(arg), args.runs, args.cpu_engine)
+        else:
+            result = child_network(Path(weights), arg, args.runs)
         print(json.dumps(result))
         return 0
 
@@ -151,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in ("coarse", "fine")
         }
         for name, case in cases.items():
-            r = run_child(Path(__file__), ["pipeline", str(weights), str(case), *runs])
+            engine = ["--cpu-engine", args.cpu_engine]
+            r = run_child(Path(__file__), ["pipeline", str(weights), str(case), *runs, *engine])
             keys = (*TIMING_KEYS, "total")
             row = {k: median([rec[k] for rec in r["records"]]) for k in keys}
             row.update(
@@ -159,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 shape=r["records"][0]["shape"],
                 roi=r["records"][0]["roi_source"],
                 peak_rss_mib=r["peak_rss_mib"],
+                fine_engine=r["fine_engine"],
             )
             rows.append(row)
     net_s = {s: median(n["times"]) for s, n in nets.items()}
@@ -167,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         f"networks alone: coarse {net_s['coarse']:.2f} s, fine {net_s['fine']:.2f} s "
         f"(peak RSS {fine_rss:.0f} MiB); {args.runs} runs, ONNX Runtime fp32, CPU"
     )
+    engines = sorted({row["fine_engine"] for row in rows})
+    print(f"pipeline: coarse stage on ONNX Runtime fp32, fine stage on {', '.join(engines)}")
     print(
         f"{'case':<11} {'z x y x x':>13} {'roi':>6} {'read':>5} {'coarse':>6} {'region':>6} "
         f"{'fine':>6} {'post':>5} {'write':>5} {'total':>6} {'bound':>6} {'RSS MiB':>8} "
