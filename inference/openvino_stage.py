@@ -67,6 +67,7 @@ class OpenVinoStage:
         self._config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         self._shape: tuple[int, ...] | None = None
         self._request = None
+        self._stopped = False
 
     def run(self, image: np.ndarray) -> np.ndarray:
         # Compiled for each input shape (0.8 s on 2 cores), not once for any shape: with the
@@ -78,9 +79,12 @@ class OpenVinoStage:
             self._model.reshape({0: list(image.shape)})
             compiled = self._core.compile_model(self._model, "CPU", self._config)
             self._request, self._shape = compiled.create_infer_request(), image.shape
+        if self._stopped:  # stop() came while compiling, when there was nothing to cancel
+            raise RuntimeError("stopped")
         return self._request.infer([np.ascontiguousarray(image)])[0]
 
     def stop(self) -> None:
-        """End a run in progress (from another thread); ``run`` raises."""
+        """End a run in progress (from another thread); ``run`` raises, now and after."""
+        self._stopped = True
         if self._request is not None:
             self._request.cancel()

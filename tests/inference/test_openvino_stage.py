@@ -61,6 +61,11 @@ def test_openvino_stage_reads_the_graph_metadata_and_labels_the_crop(small_weigh
     labels = stage.run(crop)
     assert labels.shape == crop.shape and labels.dtype == np.uint8
     assert labels.max() <= max(stage.info.labels)
+    # Stopped (docker stop) while nothing runs, e.g. during the next crop's compile: the next
+    # run raises instead of running the network for seconds.
+    stage.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        stage.run(crop[:, :, :20])
 
 
 @pytest.mark.slow  # the shipped paper-size graphs on a real CT, on both engines
