@@ -54,7 +54,7 @@ class OpenVinoStage:
         core = ov.Core()
         try:
             model = core.read_model(str(path))
-        except RuntimeError as e:  # OpenVINO reports unreadable graphs so
+        except RuntimeError as e:  # how OpenVINO reports a file it cannot parse
             reason = str(e).strip().splitlines()[-1] if str(e).strip() else "unreadable"
             raise StageInfoError(f"{path}: OpenVINO cannot read it ({reason})") from e
         # OpenVINO's ONNX reader keeps the graph's metadata_props under "framework".

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import onnxruntime as ort
 
+from .openvino_stage import cpu_engine as resolve_cpu_engine
+
 # The CUDA provider for one-shot runs (the challenge times a fresh container per case) and a
 # whole-process GPU peak under 2048 MiB. With all three and the options of RuntimeConfig:
 # 1780 / 1876 MiB (134 / 600 slices) against ONNX Runtime's defaults' 4990 / 5016 MiB.
@@ -66,9 +68,7 @@ class RuntimeConfig:
         runs the fine stage ("auto": ``inference.openvino_stage.cpu_engine`` decides)."""
         if device == "cuda":
             return cls("cuda", "fp16", dict(CUDA_PROVIDER_OPTIONS))
-        from .openvino_stage import cpu_engine as resolve
-
-        engine = resolve(cpu_engine)
+        engine = resolve_cpu_engine(cpu_engine)
         return cls("cpu", "fp32", fine_engine=engine, spin=engine != "openvino")
 
     def providers(self) -> list:
