@@ -27,6 +27,7 @@ if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 from benchmarks._child import median, peak_rss_mib, run_child, time_runs  # noqa: E402
+from inference.openvino_stage import CPU_ENGINES  # noqa: E402
 
 FLARE_SPACING = (0.8, 0.8, 2.5)  # x, y, z mm
 SLICES = (150, 300, 600)
@@ -104,23 +105,28 @@ def child_network(weights: Path, stage: str, runs: int) -> dict:
     if stage.endswith("-openvino"):
         import openvino as ov
 
-        hint = {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"}
-        request = ov.Core().compile_model(str(path), "CPU", hint).create_infer_request()
+        from inference.openvino_stage import compile_options
+
+        request = ov.Core().compile_model(str(path), "CPU", compile_options())
+        request = request.create_infer_request()
         size = request.model_inputs[0].get_partial_shape()[-1].get_length()
-        x = np.random.default_rng(0).standard_normal((1, 1, size, size, size), dtype=np.float32)
-        times = time_runs(lambda: request.infer([x]), runs)
-        return {"times": times, "peak_rss_mib": peak_rss_mib()}
-    import onnxruntime as ort
+        run = request.infer
+    else:
+        import onnxruntime as ort
 
-    from inference.sessions import cpu_session_options
-    from inference.stage_info import INPUT_NAME
+        from inference.sessions import cpu_session_options
+        from inference.stage_info import INPUT_NAME
 
-    session = ort.InferenceSession(
-        str(path), cpu_session_options(), providers=["CPUExecutionProvider"]
-    )
-    size = session.get_inputs()[0].shape[-1]
+        session = ort.InferenceSession(
+            str(path), cpu_session_options(), providers=["CPUExecutionProvider"]
+        )
+        size = session.get_inputs()[0].shape[-1]
+
+        def run(x: np.ndarray) -> object:
+            return session.run(None, {INPUT_NAME: x})
+
     x = np.random.default_rng(0).standard_normal((1, 1, size, size, size), dtype=np.float32)
-    times = time_runs(lambda: session.run(None, {INPUT_NAME: x}), runs)
+    times = time_runs(lambda: run(x), runs)
     return {"times": times, "peak_rss_mib": peak_rss_mib()}
 
 
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument(
         "--cpu-engine",
-        choices=["auto", "onnxruntime", "openvino"],
+        choices=CPU_ENGINES,
         default="auto",
         help="the fine stage's engine, as python -m inference takes it [%(default)s]",
     )

@@ -45,6 +45,7 @@ from .io import (
     write_labels,
 )
 from .memory import memory_error
+from .openvino_stage import CPU_ENGINES
 from .pipeline import ORT_ERRORS, DeviceError, Result, Segmenter
 from .plan import Case, PlanError, plan_batch, prepare_output_folder
 from .plausibility import plausibility_warnings
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--cpu-engine",
-        choices=["auto", "onnxruntime", "openvino"],
+        choices=CPU_ENGINES,
         default="auto",
         help="the fine stage's engine on the CPU. auto: OpenVINO in bf16 where it is installed "
         "and the CPU has native bf16 (1.4x faster per case, labels 99.99 %% the same), else "

@@ -20,6 +20,13 @@ import numpy as np
 from .stage_info import StageInfo, StageInfoError
 
 NOT_INSTALLED = "OpenVINO is not installed (pip install openvino)"
+# --cpu-engine's choices (python -m inference, benchmarks/pipeline.py).
+CPU_ENGINES = ("auto", "onnxruntime", "openvino")
+
+
+def compile_options(precision: str = "bf16") -> dict[str, str]:
+    """OpenVINO's CPU compile options for one image at a time, at ``precision`` ("bf16", "f32")."""
+    return {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
 
 
 def openvino_bf16_reason() -> str | None:
@@ -64,7 +71,7 @@ class OpenVinoStage:
         metadata = {key: value.astype(str) for key, value in framework.items()}
         self.info = StageInfo.from_metadata(metadata, str(path))
         self._core, self._model = core, model
-        self._config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+        self._config = compile_options(precision)
         self._request = None
         self._stopped = False
 

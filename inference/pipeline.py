@@ -11,7 +11,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import EPFail, Fail, RuntimeExc
 
 from .components import keep_components
 from .hu import as_int16_hu
-from .openvino_stage import NOT_INSTALLED, OpenVinoStage, openvino_bf16_reason
+from .openvino_stage import NOT_INSTALLED, OpenVinoStage
 from .orientation import Orientation
 from .roi import fine_region
 from .sessions import RuntimeConfig
@@ -73,11 +73,12 @@ def load_fine_stage(weights: Path, config: RuntimeConfig) -> Stage | OpenVinoSta
     if config.fine_engine != "openvino":
         return load_stage(weights, "fine", config)
     path = weights / graph_filename("fine", config.precision)
-    if openvino_bf16_reason() == NOT_INSTALLED:
-        raise DeviceError(f"{path}: the openvino engine was asked for, but {NOT_INSTALLED}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such stage graph (python -m export writes them)")
-    stage = OpenVinoStage(path)
+    try:
+        stage = OpenVinoStage(path)
+    except ImportError as e:
+        raise DeviceError(f"{path}: the openvino engine was asked for, but {NOT_INSTALLED}") from e
     stage.info.check("fine", config.precision, str(path))
     log.info("fine: %s on OpenVINO bf16", path.name)
     return stage
@@ -142,7 +143,7 @@ class Segmenter:
         segmenter = cls.__new__(cls)
         segmenter.device, segmenter.coarse, segmenter.fine = device, coarse, fine
         segmenter.providers = [type(coarse).__name__]
-        segmenter.fine_engine = type(fine).__name__
+        segmenter.fine_engine = "openvino" if isinstance(fine, OpenVinoStage) else "onnxruntime"
         return segmenter
 
     @property

@@ -57,10 +57,6 @@ class RuntimeConfig:
     # The fine stage's engine: "openvino" runs the fp32 graph in bf16 (CPU only; see
     # inference.openvino_stage), "onnxruntime" runs it as everything else runs.
     fine_engine: str = "onnxruntime"
-    # ONNX Runtime's idle threads spin while waiting for work: beside OpenVINO's fine stage
-    # that cost it 1.0-1.6 s of 3.4 s on the FLARE-sized crop (2 cores). Off, the coarse stage
-    # runs no slower.
-    spin: bool = True
 
     @classmethod
     def for_device(cls, device: str, cpu_engine: str = "onnxruntime") -> "RuntimeConfig":
@@ -68,8 +64,14 @@ class RuntimeConfig:
         runs the fine stage ("auto": ``inference.openvino_stage.cpu_engine`` decides)."""
         if device == "cuda":
             return cls("cuda", "fp16", dict(CUDA_PROVIDER_OPTIONS))
-        engine = resolve_cpu_engine(cpu_engine)
-        return cls("cpu", "fp32", fine_engine=engine, spin=engine != "openvino")
+        return cls("cpu", "fp32", fine_engine=resolve_cpu_engine(cpu_engine))
+
+    @property
+    def spin(self) -> bool:
+        """Whether ONNX Runtime's idle threads spin while waiting for work. Not beside
+        OpenVINO's fine stage: that cost it 1.0-1.6 s of 3.4 s on the FLARE-sized crop (2
+        cores); off, the coarse stage runs no slower."""
+        return self.fine_engine != "openvino"
 
     def providers(self) -> list:
         if self.device == "cuda":
