@@ -17,11 +17,11 @@ Paths:
 - ``int8``: ONNX Runtime static quantisation of the fp32 graphs' convolutions (QDQ, int8
   per-channel weights, uint8 activations), calibrated on real CTs (``--calibration``: the
   coarse graph on each whole volume, the fine graph on the crop the fp32 path cuts from it);
-- ``openvino``, ``openvino-bf16``: OpenVINO's runtime on the fp32 graphs (``pip install
+- ``openvino``, ``openvino-bf16``: both networks on OpenVINO's runtime (``pip install
   openvino``; skipped when it is missing), in f32 and with its bf16 inference hint;
-- ``ort-coarse-openvino-bf16``: ONNX Runtime's coarse stage (so the fine crop is the fp32
-  path's) and OpenVINO bf16's fine stage: the runtime's ``--cpu-engine openvino``, its choice
-  where OpenVINO is installed and the CPU has native bf16 (``inference.openvino_stage``).
+- ``engine``: the runtime's ``--cpu-engine openvino``, its choice where OpenVINO is installed:
+  the coarse network on OpenVINO f32 (the fine crop is cut from its labels), the fine one in
+  bf16 where the CPU has it natively (``inference.openvino_stage``).
 """
 
 import argparse
@@ -40,7 +40,7 @@ if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 BUNDLED_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"
-PATHS = ("fp32", "native-norm", "int8", "openvino", "openvino-bf16", "ort-coarse-openvino-bf16")
+PATHS = ("fp32", "native-norm", "int8", "openvino", "openvino-bf16", "engine")
 STAGES = ("coarse", "fine")
 
 
@@ -142,7 +142,7 @@ def child(path: str, weights: Path, case: Path, out: Path) -> dict:
     from inference.pipeline import Segmenter
 
     start = time.perf_counter()
-    if path.startswith("ort-coarse"):  # the runtime's own choice where OpenVINO is there
+    if path == "engine":  # the runtime's own choice where OpenVINO is there
         segmenter = Segmenter(weights, "cpu", cpu_engine="openvino")
     elif "openvino" in path:
         from inference.openvino_stage import OpenVinoStage
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        skipped = [x for x in paths if "openvino" in x]
+        skipped = [x for x in paths if "openvino" in x or x == "engine"]
         if skipped:
             print(f"skipped {', '.join(skipped)}: pip install openvino", file=sys.stderr)
         paths = [x for x in paths if x not in skipped]

@@ -92,7 +92,7 @@ def child_pipeline(weights: Path, case: Path, runs: int, engine: str = "auto") -
     return {
         "records": records,
         "peak_rss_mib": peak_rss_mib(),
-        "fine_engine": segmenter.fine_engine,
+        "engine": segmenter.engine,
     }
 
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 shape=r["records"][0]["shape"],
                 roi=r["records"][0]["roi_source"],
                 peak_rss_mib=r["peak_rss_mib"],
-                fine_engine=r["fine_engine"],
+                engine=r["engine"],
             )
             rows.append(row)
     net_s = {s: median(n["times"]) for s, n in nets.items()}
@@ -203,15 +203,15 @@ def main(argv: list[str] | None = None) -> int:
         f"networks alone: coarse {net_s['coarse']:.2f} s, fine {net_s['fine']:.2f} s "
         f"(peak RSS {fine_rss:.0f} MiB) on ONNX Runtime fp32{openvino}; {args.runs} runs, CPU"
     )
-    engines = sorted({row["fine_engine"] for row in rows})
-    print(f"pipeline: coarse stage on ONNX Runtime fp32, fine stage on {', '.join(engines)}")
+    engines = sorted({row["engine"] for row in rows})
+    print(f"pipeline: networks on {', '.join(engines)} (openvino: coarse f32, fine bf16 or f32)")
     print(
         f"{'case':<11} {'z x y x x':>13} {'roi':>6} {'read':>5} {'coarse':>6} {'region':>6} "
         f"{'fine':>6} {'post':>5} {'write':>5} {'total':>6} {'bound':>6} {'RSS MiB':>8} "
         f"{'RSS cap':>8}"
     )
     for row in rows:
-        fine_net = net_s.get(f"fine-{row['fine_engine']}", net_s["fine"])  # the engine that ran
+        fine_net = net_s.get(f"fine-{row['engine']}", net_s["fine"])  # the engine that ran
         row["time_bound_s"] = TIME_FACTOR * (
             net_s["coarse"] + fine_net + row["read"] + row["write"]
         )

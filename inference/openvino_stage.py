@@ -1,16 +1,14 @@
-"""The fine stage on OpenVINO in bf16: the CPU path's faster engine, where the CPU has bf16.
+"""The CPU engine: the stage networks on OpenVINO, their preprocessing and label assignment in
+numpy (``inference.transforms``).
 
-The fine graph's convolutions are most of a CPU case's time. OpenVINO runs the stored fp32
-graph with bf16 arithmetic on CPUs with native bf16 (AVX-512 BF16 or AMX): on a 2-core AVX-512
-BF16 machine the FLARE-sized case takes about 1.35x less time and 0.8 GB less memory than with
-ONNX Runtime fp32, and the labels agree with it on 99.99 % of voxels (docs/runtime.md). The
-coarse stage stays on ONNX Runtime fp32 on purpose: the fine crop is cut from its map, and any
-other engine's rounding moves that box by a slice now and then, which changes more labels than
-bf16 does.
+OpenVINO runs each network cut out of its stored fp32 graph (``network_of``): the coarse one in
+f32, the fine one in bf16 where the CPU computes bf16 natively (AVX-512 BF16 or AMX), else f32.
+The networks then have one shape, compiled once; and the resize and label assignment, whose
+sizes follow the input, run where memory stays flat in the number of slices and where each
+organ is upsampled only inside the box it can win. Figures: docs/runtime.md ("The CPU engine").
 
-OpenVINO is optional (``pip install openvino``; the CPU image has it). Without it, or on a CPU
-without native bf16, where OpenVINO would emulate bf16 or run f32 no faster than ONNX Runtime,
-the fine stage runs on ONNX Runtime.
+OpenVINO is optional (``pip install openvino``; the CPU image has it); without it the CPU runs
+the whole stage graphs on ONNX Runtime, as the GPU does.
 """
 
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .stage_info import StageInfo, StageInfoError
+from .transforms import labels_at_size, labels_on_grid, network_input
 
 NOT_INSTALLED = "OpenVINO is not installed (pip install openvino)"
 # --cpu-engine's choices (python -m inference, benchmarks/pipeline.py).
@@ -29,30 +28,40 @@ def compile_options(precision: str = "bf16") -> dict[str, str]:
     return {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
 
 
-def openvino_bf16_reason() -> str | None:
-    """None when OpenVINO is installed and the CPU computes bf16 natively; else why not."""
+def openvino_installed() -> bool:
     try:
-        import openvino as ov
+        import openvino  # noqa: F401
     except ImportError:
-        return NOT_INSTALLED
-    capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if "BF16" not in capabilities:
-        return "this CPU has no native bf16 (AVX-512 BF16 or AMX)"
-    return None
+        return False
+    return True
 
 
 def cpu_engine(requested: str) -> str:
-    """The fine stage's engine on the CPU: ``requested``, or for "auto" OpenVINO where
-    ``openvino_bf16_reason`` finds nothing against it, else ONNX Runtime."""
+    """The networks' engine on the CPU: ``requested``, or for "auto" OpenVINO where it is
+    installed, else ONNX Runtime."""
     if requested != "auto":
         return requested
-    return "openvino" if openvino_bf16_reason() is None else "onnxruntime"
+    return "openvino" if openvino_installed() else "onnxruntime"
+
+
+def fastest_precision(core) -> str:
+    """ "bf16" where the CPU computes it natively (elsewhere OpenVINO would emulate it, slower
+    than f32), else "f32"."""
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in capabilities else "f32"
 
 
 class OpenVinoStage:
-    """A stage graph compiled by OpenVINO for the CPU, used as ``pipeline.Stage`` is.
+    """A stage graph's network compiled by OpenVINO for the CPU, with the graph's preprocessing
+    and label assignment done by ``inference.transforms``; used as ``pipeline.Stage`` is.
 
-    ``precision``: OpenVINO's inference precision hint, "bf16" (the runtime's) or "f32".
+    The network is cut out of the stored graph (from its first convolution's input to its last
+    convolution's output) and compiled once for its cube: its shape never changes, so OpenVINO
+    plans its buffers once, and the resize and label assignment, whose sizes follow the input,
+    run where their memory stays flat in the number of slices.
+
+    ``precision``: OpenVINO's inference precision hint, "bf16" or "f32"; "auto" takes
+    ``fastest_precision``.
     """
 
     def __init__(self, path: Path, precision: str = "bf16") -> None:
@@ -70,27 +79,35 @@ class OpenVinoStage:
             framework = model.get_rt_info(["framework"]).astype(dict)
         metadata = {key: value.astype(str) for key, value in framework.items()}
         self.info = StageInfo.from_metadata(metadata, str(path))
-        self._core, self._model = core, model
-        self._config = compile_options(precision)
+        self.precision = fastest_precision(core) if precision == "auto" else precision
+        network = network_of(model, self.info.input_size, str(path))
+        keep_means_short(network)
+        self._compiled = core.compile_model(network, "CPU", compile_options(self.precision))
         self._request = None
         self._stopped = False
 
     def run(self, image: np.ndarray) -> np.ndarray:
-        # Compiled for each input's shape (0.8 s on 2 cores), not once for any shape: with the
-        # shape fixed OpenVINO plans its buffers. On the crop of a 536-slice case the run then
-        # takes 5.2 s and 2.6 GB instead of 11.7 s and 4.8 GB; on the FLARE-sized crop 1 GB
-        # less in about the same time (the compile can no longer hide behind the coarse stage).
-        self._model.reshape({0: list(image.shape)})
-        compiled = self._core.compile_model(self._model, "CPU", self._config)
-        self._request = compiled.create_infer_request()
+        info = self.info
+        x = network_input(image, info.input_size, info.hu_window)
+        # A request per run: its buffers (about 1 GB for either network) go with it, so the
+        # two stages' never add up.
+        self._request = self._compiled.create_infer_request()
         try:
-            if self._stopped:  # stop() came while compiling, when there was nothing to cancel
+            if self._stopped:  # stop() came while nothing ran
                 raise RuntimeError("stopped")
-            return self._request.infer([np.ascontiguousarray(image)])[0]
+            # share_outputs: the logits stay in the request's buffer (368 MB for the fine
+            # network) instead of being copied next to it.
+            logits = self._request.infer([x], share_outputs=True)[0][0]
+            if self._stopped:
+                raise RuntimeError("stopped")
+            if info.stage == "fine":  # as export.graphs.StageGraph: fine labels at crop size
+                return labels_at_size(logits, image.shape, info.threshold)
+            return labels_on_grid(logits, info.threshold)
         finally:
-            # Released after each case: its buffers go, and held, it slowed ONNX Runtime's
-            # coarse stage of the next case in a batch from 2.9 s to 3.5-4.2 s (FLARE-sized).
+            # The compiled network keeps its buffers (about 0.8 GB) past its requests; handed
+            # back, the other stage does not run on top of them.
             self._request = None
+            self._compiled.release_memory()
 
     def stop(self) -> None:
         """End a run in progress (from another thread); ``run`` raises, now and after."""
@@ -98,3 +115,46 @@ class OpenVinoStage:
         request = self._request
         if request is not None:
             request.cancel()
+
+
+def network_of(model, size: int, source: str):
+    """The network inside an OpenVINO stage ``model``: a 1 x 1 x ``size``^3 float input in
+    place of the graph's preprocessing, the last convolution's logits as its output.
+
+    Relies on the layout ``export.graphs.StageGraph`` gives every stage graph: preprocessing
+    without convolutions, then the network, then label assignment without convolutions.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    convs = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    if not convs:
+        raise StageInfoError(f"{source}: no convolution, so no network to cut out of the graph")
+    network_input_ = convs[0].input(0).get_source_output()
+    x = ops.parameter([1, 1, size, size, size], ov.Type.f32, name="x")
+    network_input_.replace(x.output(0))  # every reader of the normalised cube reads x instead
+    return ov.Model([ops.result(convs[-1].output(0))], [x], "network")
+
+
+def keep_means_short(model) -> None:
+    """Make each ReduceMean of ``model`` a ReduceSum and a scale, in place.
+
+    The graphs take every mean one axis at a time (``training.transforms.volume_mean``), so no
+    float sum runs long. OpenVINO merges consecutive ReduceMeans into one over the whole
+    volume, and its one long sum is off by 0.4 % on a 160^3 variance: the coarse network's
+    logits then differ from ONNX Runtime's by 0.02 on average and up to 1.3, and 747 voxels
+    of its 160^3 labels change. It does not merge ReduceSums that a Multiply separates: 1.5e-4
+    at most and no label changed, and the fine network in bf16 ran 1.2x faster.
+    """
+    import openvino.opset13 as ops
+
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "ReduceMean":
+            continue
+        source = op.input(0).get_source_output()
+        axes = op.input(1).get_source_output().get_node().get_data().reshape(-1).astype(np.int64)
+        shape = source.get_partial_shape().to_shape()
+        count = int(np.prod([shape[int(a)] for a in axes]))
+        total = ops.reduce_sum(source, ops.constant(axes), op.get_attributes()["keep_dims"])
+        op.output(0).replace(ops.multiply(total, ops.constant(np.float32(1.0 / count))).output(0))
+    model.validate_nodes_and_infer_types()

@@ -2,6 +2,7 @@
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,21 +68,35 @@ def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
     return Stage(session, info, config.run_options())
 
 
-def load_fine_stage(weights: Path, config: RuntimeConfig) -> Stage | OpenVinoStage:
-    """The fine stage on ``config.fine_engine``; ``DeviceError`` when that is OpenVINO and it
-    is not installed."""
-    if config.fine_engine != "openvino":
-        return load_stage(weights, "fine", config)
-    path = weights / graph_filename("fine", config.precision)
+def load_openvino_stage(weights: Path, stage: str, precision: str) -> OpenVinoStage:
+    """The network of ``stage``'s fp32 graph compiled by OpenVINO at ``precision`` (as
+    ``OpenVinoStage`` takes it); ``DeviceError`` when OpenVINO is not installed."""
+    path = weights / graph_filename(stage, "fp32")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such stage graph (python -m export writes them)")
     try:
-        stage = OpenVinoStage(path)
+        loaded = OpenVinoStage(path, precision)
     except ImportError as e:
         raise DeviceError(f"{path}: the openvino engine was asked for, but {NOT_INSTALLED}") from e
-    stage.info.check("fine", config.precision, str(path))
-    log.info("fine: %s on OpenVINO bf16", path.name)
-    return stage
+    loaded.info.check(stage, "fp32", str(path))
+    log.info("%s: the network of %s on OpenVINO %s", stage, path.name, loaded.precision)
+    return loaded
+
+
+AnyStage = Stage | OpenVinoStage
+
+
+def load_stages(weights: Path, config: RuntimeConfig) -> tuple[AnyStage, AnyStage]:
+    """Both stages on ``config.engine``: whole graphs on ONNX Runtime, or the networks on
+    OpenVINO (the coarse one in f32: the fine crop is cut from its labels, and bf16 moves that
+    box by a slice now and then; the fine one in bf16 where the CPU has it)."""
+    if config.engine != "openvino":
+        return load_stage(weights, "coarse", config), load_stage(weights, "fine", config)
+    # Compiled side by side: 0.8-1.0 s instead of 1.1-1.2 s on 2 cores.
+    with ThreadPoolExecutor(2) as pool:
+        coarse = pool.submit(load_openvino_stage, weights, "coarse", "f32")
+        fine = pool.submit(load_openvino_stage, weights, "fine", "auto")
+        return coarse.result(), fine.result()
 
 
 def pick_device(device: str) -> str:
@@ -119,8 +134,7 @@ class Segmenter:
         self.device = config.device if config else pick_device(device)
         config = config or RuntimeConfig.for_device(self.device, cpu_engine)
         try:
-            self.coarse = load_stage(weights, "coarse", config)
-            self.fine = load_fine_stage(weights, config)
+            self.coarse, self.fine = load_stages(weights, config)
         except (DeviceError, FileNotFoundError, *ORT_ERRORS) as e:
             if device != "auto" or self.device != "cuda":
                 raise
@@ -132,10 +146,12 @@ class Segmenter:
                     "no usable GPU (%s); running the CPU graphs. For the GPU: %s", reason, GPU_FIX
                 )
             self.device, config = "cpu", RuntimeConfig.for_device("cpu", cpu_engine)
-            self.coarse = load_stage(weights, "coarse", config)
-            self.fine = load_fine_stage(weights, config)
-        self.providers = self.coarse.session.get_providers()
-        self.fine_engine = config.fine_engine
+            self.coarse, self.fine = load_stages(weights, config)
+        self.engine = config.engine
+        if self.engine == "openvino":
+            self.providers = [f"OpenVINO {self.coarse.precision} / {self.fine.precision}"]
+        else:
+            self.providers = self.coarse.session.get_providers()
 
     @classmethod
     def from_stages(cls, coarse: Stage, fine: Stage, device: str) -> "Segmenter":
@@ -143,7 +159,7 @@ class Segmenter:
         segmenter = cls.__new__(cls)
         segmenter.device, segmenter.coarse, segmenter.fine = device, coarse, fine
         segmenter.providers = [type(coarse).__name__]
-        segmenter.fine_engine = "openvino" if isinstance(fine, OpenVinoStage) else "onnxruntime"
+        segmenter.engine = "openvino" if isinstance(fine, OpenVinoStage) else "onnxruntime"
         return segmenter
 
     @property

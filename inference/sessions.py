@@ -54,24 +54,18 @@ class RuntimeConfig:
     # 2.9 GB peak RSS instead of 4.3 GB at the same speed (no arena at all: 2.3 GB, 1.4 s
     # slower). GPU: 1826 instead of 2626 MiB (134 slices), 2066 instead of 3080 (600 slices).
     shrink_arenas: bool = True
-    # The fine stage's engine: "openvino" runs the fp32 graph in bf16 (CPU only; see
-    # inference.openvino_stage), "onnxruntime" runs it as everything else runs.
-    fine_engine: str = "onnxruntime"
+    # The networks' engine: "openvino" runs them alone, cut out of the fp32 graphs, with the
+    # graphs' pre- and post-processing in numpy (CPU only; inference.openvino_stage);
+    # "onnxruntime" runs the whole graphs.
+    engine: str = "onnxruntime"
 
     @classmethod
     def for_device(cls, device: str, cpu_engine: str = "onnxruntime") -> "RuntimeConfig":
         """The project's choices for ``device`` ("cuda" or "cpu"); on the CPU, ``cpu_engine``
-        runs the fine stage ("auto": ``inference.openvino_stage.cpu_engine`` decides)."""
+        runs the networks ("auto": ``inference.openvino_stage.cpu_engine`` decides)."""
         if device == "cuda":
             return cls("cuda", "fp16", dict(CUDA_PROVIDER_OPTIONS))
-        return cls("cpu", "fp32", fine_engine=resolve_cpu_engine(cpu_engine))
-
-    @property
-    def spin(self) -> bool:
-        """Whether ONNX Runtime's idle threads spin while waiting for work. Not beside
-        OpenVINO's fine stage: that cost it 1.0-1.6 s of 3.4 s on the FLARE-sized crop (2
-        cores); off, the coarse stage runs no slower."""
-        return self.fine_engine != "openvino"
+        return cls("cpu", "fp32", engine=resolve_cpu_engine(cpu_engine))
 
     def providers(self) -> list:
         if self.device == "cuda":
@@ -84,8 +78,6 @@ class RuntimeConfig:
         opts.enable_mem_pattern = self.memory_pattern
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
-        if not self.spin:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return opts
 
     def run_options(self) -> ort.RunOptions:

@@ -62,7 +62,10 @@ def test_outputs_keep_geometry_and_follow_the_anatomy(small_weights, tmp_path):
     records = (tmp_path / "t.jsonl").read_text().splitlines()
     assert len(records) == 2
     record = json.loads(records[0])
-    assert record["providers"] == ["CPUExecutionProvider"] and record["roi_source"] in {
+    # The coarse network on OpenVINO in f32, the fine one in bf16 where the CPU has it.
+    engine = {"onnxruntime": "CPUExecutionProvider", "openvino": "OpenVINO f32 / "}
+    assert record["providers"][0].startswith(engine[record["engine"]])
+    assert record["roi_source"] in {
         "organs",
         "body",
         "volume",
