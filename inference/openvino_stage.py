@@ -89,8 +89,6 @@ class OpenVinoStage:
     def run(self, image: np.ndarray) -> np.ndarray:
         info = self.info
         x = network_input(image, info.input_size, info.hu_window)
-        # A request per run: its buffers (about 1 GB for either network) go with it, so the
-        # two stages' never add up.
         self._request = self._compiled.create_infer_request()
         try:
             if self._stopped:  # stop() came while nothing ran
@@ -104,8 +102,8 @@ class OpenVinoStage:
                 return labels_at_size(logits, image.shape, info.threshold)
             return labels_on_grid(logits, info.threshold)
         finally:
-            # The compiled network keeps its buffers (about 0.8 GB) past its requests; handed
-            # back, the other stage does not run on top of them.
+            # The compiled network keeps its working memory (about 0.8 GB) past its requests;
+            # handed back after each run, the two stages' never add up.
             self._request = None
             self._compiled.release_memory()
 

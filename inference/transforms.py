@@ -6,7 +6,7 @@ done so that memory stays flat in the number of slices:
 - ``network_input`` resizes the int16 volume to the network's cube a few slices at a time, so
   no float copy of the whole volume exists;
 - ``labels_at_size`` upsamples each organ's logits only inside the box where that organ can
-  win a voxel (``organ_box``), and never holds more than one float map of the output.
+  win a voxel (``organ_box``), a slab of output slices at a time.
 
 Rounding differs from ONNX Runtime's kernels in the last bits: the trilinear resize is done
 here one axis at a time, as three 2-tap interpolations, where ONNX Runtime sums 8 taps.
@@ -16,7 +16,8 @@ import numpy as np
 
 # As training.transforms: the floor of the z-score's denominator, in HU.
 MIN_STD_HU = 1e-3
-# Input slices made float at once by ``network_input``: 16 x 512 x 512 x 4 B = 16 MiB.
+# Slices done at once: by ``network_input``, 16 x 512 x 512 x 4 B = 16 MiB of float input; by
+# ``labels_at_size``, the running maximum and each organ's part of 16 output slices.
 SLAB = 16
 # How far below the threshold an organ's logit on the network grid still counts for its box:
 # far above the rounding of a convex combination of 8 logits (about 1e-5 at |logit| = 50).
@@ -112,25 +113,38 @@ def organ_box(logit: np.ndarray, level: float, taps: list[Taps]) -> tuple[slice,
 def labels_at_size(logits: np.ndarray, size: tuple[int, int, int], threshold: float) -> np.ndarray:
     """``K x S x S x S`` organ logits -> uint8 labels of ``size``: each organ's logits resized
     trilinearly to ``size`` and assigned as ``labels_on_grid`` does, each only inside its
-    ``organ_box`` (outside it, that organ cannot beat the background)."""
+    ``organ_box`` (outside it, that organ cannot beat the background), ``SLAB`` output slices
+    at a time (the running maximum is a slab's, not the whole output's)."""
     level = threshold_logit(threshold)
     taps = [linear_taps(n, m) for n, m in zip(logits.shape[1:], size, strict=True)]
+    boxes = [organ_box(logit, level, taps) for logit in logits]
     # Shrinking axes first keeps the intermediate arrays small.
     order = sorted(range(3), key=lambda a: size[a] / logits.shape[1 + a])
-    best = np.full(size, level, np.float32)
     labels = np.zeros(size, np.uint8)
-    for k, logit in enumerate(logits):
-        box = organ_box(logit, level, taps)
-        if box is None or any(s.start == s.stop for s in box):
-            continue  # (a shrinking resize can skip the grid samples that pass)
-        part = [(i0[s], i1[s], w[s]) for (i0, i1, w), s in zip(taps, box, strict=True)]
-        # The grid block the box's taps read, and the taps relative to it.
-        block = tuple(slice(p[0][0], p[1][-1] + 1) for p in part)
-        value = logit[block]
-        for axis in order:
-            i0, i1, w = part[axis]
-            value = interpolate(value, axis, (i0 - i0[0], i1 - i0[0], w))
-        better = value > best[box]
-        np.copyto(best[box], value, where=better)
-        labels[box][better] = k + 1
+    for z in range(0, size[0], SLAB):
+        best = np.full((min(SLAB, size[0] - z), *size[1:]), level, np.float32)
+        for k, box in enumerate(boxes):
+            if box is None:
+                continue
+            part = (slice(max(box[0].start, z), min(box[0].stop, z + SLAB)), *box[1:])
+            if any(s.start >= s.stop for s in part):
+                continue  # not in this slab (or a shrinking resize skips what passes)
+            value = _resized_part(logits[k], taps, part, order)
+            here = (slice(part[0].start - z, part[0].stop - z), *part[1:])
+            better = value > best[here]
+            np.copyto(best[here], value, where=better)
+            labels[part][better] = k + 1
     return labels
+
+
+def _resized_part(
+    logit: np.ndarray, taps: list[Taps], part: tuple[slice, ...], order
+) -> np.ndarray:
+    """The output samples ``part`` of ``logit`` resized at ``taps``, read from the grid block
+    their taps name, one axis at a time in ``order``."""
+    taps = [(i0[s], i1[s], w[s]) for (i0, i1, w), s in zip(taps, part, strict=True)]
+    value = logit[tuple(slice(i0[0], i1[-1] + 1) for i0, i1, _ in taps)]
+    for axis in order:
+        i0, i1, w = taps[axis]
+        value = interpolate(value, axis, (i0 - i0[0], i1 - i0[0], w))
+    return value
