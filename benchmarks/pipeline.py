@@ -85,7 +85,7 @@ def child_pipeline(weights: Path, case: Path, runs: int, engine: str = "auto") -
 
     segmenter = Segmenter(weights, "cpu", cpu_engine=engine)
     path = find_inputs(case)[0]
-    out = case / "out"
+    out = case / f"out-{segmenter.engine}"
     out.mkdir(exist_ok=True)
     records = []
     time_runs(lambda: records.append(segment_file(segmenter, path, out)), runs, warmup=0)
@@ -94,6 +94,18 @@ def child_pipeline(weights: Path, case: Path, runs: int, engine: str = "auto") -
         "peak_rss_mib": peak_rss_mib(),
         "engine": segmenter.engine,
     }
+
+
+def reference_agreement(weights: Path, case: Path, engine: str) -> dict:
+    """The labels of ``engine`` against ONNX Runtime fp32's (the whole graphs, segmented once
+    in a fresh process of their own) on ``case``, as ``benchmarks/agreement.py`` counts."""
+    from benchmarks.agreement import file_agreement
+
+    if engine != "onnxruntime":
+        args = ["pipeline", str(weights), str(case), "--runs", "1", "--cpu-engine", "onnxruntime"]
+        run_child(Path(__file__), args)
+    (ours,) = (case / f"out-{engine}").glob("*.nii.gz")
+    return file_agreement(ours, case / "out-onnxruntime" / ours.name).as_dict()
 
 
 def child_network(weights: Path, stage: str, runs: int) -> dict:
@@ -158,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu-engine",
         choices=CPU_ENGINES,
         default="auto",
-        help="the fine stage's engine, as python -m inference takes it [%(default)s]",
+        help="the networks' engine, as python -m inference takes it [%(default)s]",
     )
     p.add_argument("--out", type=Path, default=ROOT / "results" / "pipeline.json")
     p.add_argument("--child", nargs=3, metavar=("KIND", "WEIGHTS", "ARG"), help=argparse.SUPPRESS)
@@ -194,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 roi=r["records"][0]["roi_source"],
                 peak_rss_mib=r["peak_rss_mib"],
                 engine=r["engine"],
+                agree=reference_agreement(weights, case, r["engine"]),
             )
             rows.append(row)
     net_s = {s: median(n["times"]) for s, n in nets.items()}
@@ -208,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'case':<11} {'z x y x x':>13} {'roi':>6} {'read':>5} {'coarse':>6} {'region':>6} "
         f"{'fine':>6} {'post':>5} {'write':>5} {'total':>6} {'bound':>6} {'RSS MiB':>8} "
-        f"{'RSS cap':>8}"
+        f"{'RSS cap':>8} {'agree':>8} {'min DSC':>7}"
     )
     for row in rows:
         fine_net = net_s.get(f"fine-{row['engine']}", net_s["fine"])  # the engine that ran
@@ -221,11 +234,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['case']:<11} {shape:>13} {row['roi']:>6} {row['read']:>5.2f} "
             f"{row['coarse']:>6.2f} {row['region']:>6.2f} {row['fine']:>6.2f} "
             f"{row['post']:>5.2f} {row['write']:>5.2f} {row['total']:>6.2f} "
-            f"{row['time_bound_s']:>6.2f} {row['peak_rss_mib']:>8.0f} {row['rss_cap_mib']:>8.0f}"
+            f"{row['time_bound_s']:>6.2f} {row['peak_rss_mib']:>8.0f} {row['rss_cap_mib']:>8.0f} "
+            f"{row['agree']['voxels']:>8.5f} {row['agree']['min_dsc']:>7.4f}"
         )
     print(
         f"bound = {TIME_FACTOR} x (both network forwards on the engines that ran, + read + write); "
-        f"RSS cap = fine forward's peak RSS + {RSS_MARGIN_MIB} MiB"
+        f"RSS cap = fine forward's peak RSS + {RSS_MARGIN_MIB} MiB; agree, min DSC: voxels "
+        "equal to ONNX Runtime fp32's labels (whole graphs, a fresh process) and the least "
+        "organ DSC against them (organs > 10 mL)"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
