@@ -113,15 +113,18 @@ class Loaded:
 
 
 def read_case(
-    path: Path, network_sides: tuple[int, ...] = (), header: Header | None = None
+    path: Path,
+    network_sides: tuple[int, ...] = (),
+    header: Header | None = None,
+    engine: str = "onnxruntime",
 ) -> Loaded:
     """Read a case; raises InputError for a bad input or one that would not fit in memory
-    (judged from its header before the voxels are read, when ``network_sides`` is given).
-    ``header``: the one planning read, if any."""
+    (judged from its header before the voxels are read, when ``network_sides`` is given, for
+    the networks on ``engine``). ``header``: the one planning read, if any."""
     start = time.perf_counter()
     try:
         header = header or read_header(path)
-        if network_sides and (reason := memory_error(header, network_sides)):
+        if network_sides and (reason := memory_error(header, network_sides, engine)):
             raise InputError(reason)
         image = read_ct(path, header)
         volume = hu_array(image, path)
@@ -154,7 +157,7 @@ def timings_record(segmenter: Segmenter, path: Path, loaded: Loaded, result: Res
 
 def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
     """Segment one file and write its labels, one step after another; its timings record."""
-    loaded = read_case(path, segmenter.network_sides)
+    loaded = read_case(path, segmenter.network_sides, engine=segmenter.engine)
     result = segmenter.segment(
         loaded.volume, loaded.image.GetSpacing(), loaded.image.GetDirection()
     )
@@ -210,9 +213,9 @@ class Batch:
         compute.shutdown()
 
     def _loop(self, io: ThreadPoolExecutor, compute: ThreadPoolExecutor) -> None:
-        sides = self.segmenter.network_sides
+        sides, engine = self.segmenter.network_sides, self.segmenter.engine
         first = self.cases[0]
-        reading = io.submit(read_case, first.source, sides, first.header)
+        reading = io.submit(read_case, first.source, sides, first.header, engine)
         writing: tuple[Future, Case, dict] | None = None
         for n, case in enumerate(self.cases):
             if self.tty:
@@ -220,7 +223,7 @@ class Batch:
             loaded = self._wait_read(reading, case)
             if n + 1 < len(self.cases):
                 after = self.cases[n + 1]
-                reading = io.submit(read_case, after.source, sides, after.header)
+                reading = io.submit(read_case, after.source, sides, after.header, engine)
             done = None if loaded is None else self._segment(compute, case, loaded)
             # The labels are written with the image's geometry alone: its voxels go now, not
             # after the write, which runs while the next case is segmented.

@@ -21,11 +21,26 @@ PIPELINE_BYTES_PER_VOXEL = 14
 # arenas shrink after each run, so the larger stage sets the peak. On a GPU the activations
 # live on the device and this overestimates the host's needs.
 NETWORK_BYTES_PER_VOXEL = 330
+# The CPU engine (inference.openvino_stage) holds no float array of the volume or the crop: per
+# source voxel its int16 HU (a copy when the input is of another type) and about a byte more
+# (the labels). Its networks: OpenVINO's working memory and the fine logits, about 310 B per
+# voxel of the cube. Fitted to the peak RSS of python -m inference (int16 inputs of 134, 536
+# and 1200 x 512 x 512: 2150, 2334, 2738 MiB, slope 2.1 bytes per voxel with the input).
+ENGINE_BYTES_PER_VOXEL = 1
+ENGINE_NETWORK_BYTES_PER_VOXEL = 310
 
 
-def estimated_peak_bytes(header: Header, network_sides: tuple[int, ...]) -> int:
-    """The process's peak memory for one case of ``header``'s size and voxel type."""
-    networks = NETWORK_BYTES_PER_VOXEL * max(side**3 for side in network_sides)
+def estimated_peak_bytes(
+    header: Header, network_sides: tuple[int, ...], engine: str = "onnxruntime"
+) -> int:
+    """The process's peak memory for one case of ``header``'s size and voxel type, with the
+    networks on ``engine`` ("onnxruntime" or "openvino": ``inference.sessions``)."""
+    cube = max(side**3 for side in network_sides)
+    if engine == "openvino":
+        int16_copy = 0 if header.bytes_per_voxel == 2 else 2
+        per_voxel = header.bytes_per_voxel + int16_copy + ENGINE_BYTES_PER_VOXEL
+        return ENGINE_NETWORK_BYTES_PER_VOXEL * cube + header.voxels * per_voxel
+    networks = NETWORK_BYTES_PER_VOXEL * cube
     return networks + header.voxels * (header.bytes_per_voxel + PIPELINE_BYTES_PER_VOXEL)
 
 
@@ -36,13 +51,15 @@ def available_bytes() -> int | None:
     return min(limits) if limits else None
 
 
-def memory_error(header: Header, network_sides: tuple[int, ...]) -> str | None:
+def memory_error(
+    header: Header, network_sides: tuple[int, ...], engine: str = "onnxruntime"
+) -> str | None:
     """Why ``header``'s case would not fit in memory, or None when it fits (or can't be told)."""
     available = available_bytes()
     if available is None:
         return None
     # What the process already holds (sessions, another case being written) stays held.
-    need = estimated_peak_bytes(header, network_sides) - _rss_bytes()
+    need = estimated_peak_bytes(header, network_sides, engine) - _rss_bytes()
     if need <= available:
         return None
     shape = "x".join(str(n) for n in reversed(header.size))
