@@ -89,7 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="the networks' engine on the CPU. auto: OpenVINO where it is installed (the fine "
         "network in bf16 where the CPU has it; faster, memory flat in slices, labels 99.9 %% "
-        "the same), else ONNX Runtime fp32 [%(default)s]",
+        "the same), else ONNX Runtime fp32. openvino-f32: OpenVINO with the fine network in "
+        "f32, ONNX Runtime fp32's labels [%(default)s]",
     )
     p.add_argument("--timings", type=Path, help="append per-case timings here as JSON lines")
     p.add_argument(

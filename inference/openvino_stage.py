@@ -20,7 +20,7 @@ from .transforms import labels_at_size, labels_on_grid, network_input
 
 NOT_INSTALLED = "OpenVINO is not installed (pip install openvino)"
 # --cpu-engine's choices (python -m inference, benchmarks/pipeline.py).
-CPU_ENGINES = ("auto", "onnxruntime", "openvino")
+CPU_ENGINES = ("auto", "onnxruntime", "openvino", "openvino-f32")
 
 
 def compile_options(precision: str = "bf16") -> dict[str, str]:
@@ -37,10 +37,11 @@ def openvino_installed() -> bool:
 
 
 def cpu_engine(requested: str) -> str:
-    """The networks' engine on the CPU: ``requested``, or for "auto" OpenVINO where it is
-    installed, else ONNX Runtime."""
+    """The networks' engine on the CPU for a ``CPU_ENGINES`` choice: ``requested`` ("openvino"
+    for "openvino-f32", which only changes the fine network's precision), or for "auto"
+    OpenVINO where it is installed, else ONNX Runtime."""
     if requested != "auto":
-        return requested
+        return requested.removesuffix("-f32")
     return "openvino" if openvino_installed() else "onnxruntime"
 
 

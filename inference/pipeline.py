@@ -96,7 +96,7 @@ def load_stages(weights: Path, config: RuntimeConfig) -> tuple[AnyStage, AnyStag
     # Compiled side by side: 0.8-1.0 s instead of 1.1-1.2 s on 2 cores.
     with ThreadPoolExecutor(2) as pool:
         coarse = pool.submit(load_openvino_stage, weights, "coarse", "f32")
-        fine = pool.submit(load_openvino_stage, weights, "fine", "auto")
+        fine = pool.submit(load_openvino_stage, weights, "fine", config.fine_precision)
         return coarse.result(), fine.result()
 
 
@@ -125,8 +125,7 @@ class Segmenter:
         cpu_engine: str = "auto",
     ) -> None:
         """``config`` (the benchmarks' hook) overrides the project's choices for the device.
-        ``cpu_engine``: the fine stage's engine on the CPU ("auto", "onnxruntime", "openvino";
-        ``inference.openvino_stage``).
+        ``cpu_engine``: the networks' engine on the CPU (``inference.openvino_stage.CPU_ENGINES``).
 
         ``device="auto"`` takes the GPU when ONNX Runtime has the CUDA provider and it really
         runs; when it doesn't (the GPU image run without a GPU, a driver too old), it logs one

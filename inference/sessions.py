@@ -58,6 +58,9 @@ class RuntimeConfig:
     # graphs' pre- and post-processing in numpy (CPU only; inference.openvino_stage);
     # "onnxruntime" runs the whole graphs.
     engine: str = "onnxruntime"
+    # The fine network's precision on OpenVINO: "auto" (bf16 where the CPU has it natively) or
+    # "f32" (--cpu-engine openvino-f32: ONNX Runtime fp32's labels, 1.25x faster than it).
+    fine_precision: str = "auto"
 
     @classmethod
     def for_device(cls, device: str, cpu_engine: str = "onnxruntime") -> "RuntimeConfig":
@@ -65,7 +68,10 @@ class RuntimeConfig:
         runs the networks ("auto": ``inference.openvino_stage.cpu_engine`` decides)."""
         if device == "cuda":
             return cls("cuda", "fp16", dict(CUDA_PROVIDER_OPTIONS))
-        return cls("cpu", "fp32", engine=resolve_cpu_engine(cpu_engine))
+        fine_precision = "f32" if cpu_engine == "openvino-f32" else "auto"
+        return cls(
+            "cpu", "fp32", engine=resolve_cpu_engine(cpu_engine), fine_precision=fine_precision
+        )
 
     def providers(self) -> list:
         if self.device == "cuda":
