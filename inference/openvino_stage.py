@@ -37,11 +37,10 @@ def openvino_installed() -> bool:
 
 
 def cpu_engine(requested: str) -> str:
-    """The networks' engine on the CPU for a ``CPU_ENGINES`` choice: ``requested`` ("openvino"
-    for "openvino-f32", which only changes the fine network's precision), or for "auto"
-    OpenVINO where it is installed, else ONNX Runtime."""
+    """The networks' engine on the CPU: ``requested``, or for "auto" OpenVINO where it is
+    installed, else ONNX Runtime."""
     if requested != "auto":
-        return requested.removesuffix("-f32")
+        return requested
     return "openvino" if openvino_installed() else "onnxruntime"
 
 

@@ -68,10 +68,10 @@ class RuntimeConfig:
         runs the networks ("auto": ``inference.openvino_stage.cpu_engine`` decides)."""
         if device == "cuda":
             return cls("cuda", "fp16", dict(CUDA_PROVIDER_OPTIONS))
-        fine_precision = "f32" if cpu_engine == "openvino-f32" else "auto"
-        return cls(
-            "cpu", "fp32", engine=resolve_cpu_engine(cpu_engine), fine_precision=fine_precision
-        )
+        # "openvino-f32" is the openvino engine with the fine network in f32.
+        engine = resolve_cpu_engine(cpu_engine.removesuffix("-f32"))
+        fine_precision = "f32" if cpu_engine.endswith("-f32") else "auto"
+        return cls("cpu", "fp32", engine=engine, fine_precision=fine_precision)
 
     def providers(self) -> list:
         if self.device == "cuda":
