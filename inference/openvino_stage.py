@@ -61,13 +61,14 @@ class OpenVinoStage:
     run where their memory stays flat in the number of slices.
 
     ``precision``: OpenVINO's inference precision hint, "bf16" or "f32"; "auto" takes
-    ``fastest_precision``.
+    ``fastest_precision``. ``compile_now=False`` reads and cuts the network only; ``compile``
+    then makes it runnable, from any thread.
     """
 
-    def __init__(self, path: Path, precision: str = "bf16") -> None:
+    def __init__(self, path: Path, precision: str = "bf16", *, compile_now: bool = True) -> None:
         import openvino as ov
 
-        core = ov.Core()
+        self._core = core = ov.Core()
         try:
             model = core.read_model(str(path))
         except RuntimeError as e:  # how OpenVINO reports a file it cannot parse
@@ -80,15 +81,28 @@ class OpenVinoStage:
         metadata = {key: value.astype(str) for key, value in framework.items()}
         self.info = StageInfo.from_metadata(metadata, str(path))
         self.precision = fastest_precision(core) if precision == "auto" else precision
-        network = network_of(model, self.info.input_size, str(path))
-        keep_means_short(network)
-        self._compiled = core.compile_model(network, "CPU", compile_options(self.precision))
+        self._network = network_of(model, self.info.input_size, str(path))
+        keep_means_short(self._network)
+        self._compiled = None
         self._request = None
         self._stopped = False
+        if compile_now:
+            self.compile()
+
+    def compile(self) -> None:
+        """Compile the network for the CPU (most of the load time; it can run beside another
+        stage's in a second thread). Reading and cutting stay on the constructing thread: they
+        hand numpy arrays across OpenVINO's Python bindings, and pybind11's numpy set-up, done
+        for the first time in two threads at once, deadlocked them (1 start in 12 here)."""
+        if self._compiled is None:
+            options = compile_options(self.precision)
+            self._compiled = self._core.compile_model(self._network, "CPU", options)
+            self._network = None
 
     def run(self, image: np.ndarray) -> np.ndarray:
         info = self.info
         x = network_input(image, info.input_size, info.hu_window)
+        self.compile()  # when it was not compiled yet
         self._request = self._compiled.create_infer_request()
         try:
             if self._stopped:  # stop() came while nothing ran

@@ -69,13 +69,14 @@ def load_stage(weights: Path, stage: str, config: RuntimeConfig) -> Stage:
 
 
 def load_openvino_stage(weights: Path, stage: str, precision: str) -> OpenVinoStage:
-    """The network of ``stage``'s fp32 graph compiled by OpenVINO at ``precision`` (as
-    ``OpenVinoStage`` takes it); ``DeviceError`` when OpenVINO is not installed."""
+    """The network of ``stage``'s fp32 graph, read for OpenVINO at ``precision`` (as
+    ``OpenVinoStage`` takes it) and not yet compiled; ``DeviceError`` when OpenVINO is not
+    installed."""
     path = weights / graph_filename(stage, "fp32")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such stage graph (python -m export writes them)")
     try:
-        loaded = OpenVinoStage(path, precision)
+        loaded = OpenVinoStage(path, precision, compile_now=False)
     except ImportError as e:
         raise DeviceError(f"{path}: the openvino engine was asked for, but {NOT_INSTALLED}") from e
     loaded.info.check(stage, "fp32", str(path))
@@ -93,11 +94,13 @@ def load_stages(weights: Path, config: RuntimeConfig) -> tuple[AnyStage, AnyStag
     it."""
     if config.engine != "openvino":
         return load_stage(weights, "coarse", config), load_stage(weights, "fine", config)
-    # Compiled side by side: 0.8-1.0 s instead of 1.1-1.2 s on 2 cores.
+    coarse = load_openvino_stage(weights, "coarse", "f32")
+    fine = load_openvino_stage(weights, "fine", config.fine_precision)
+    # Compiled side by side: 0.8-1.0 s instead of 1.1-1.2 s on 2 cores. Only the compiles: the
+    # reading and cutting above deadlocked now and then in two threads (OpenVinoStage.compile).
     with ThreadPoolExecutor(2) as pool:
-        coarse = pool.submit(load_openvino_stage, weights, "coarse", "f32")
-        fine = pool.submit(load_openvino_stage, weights, "fine", config.fine_precision)
-        return coarse.result(), fine.result()
+        list(pool.map(OpenVinoStage.compile, (coarse, fine)))
+    return coarse, fine
 
 
 def pick_device(device: str) -> str:

@@ -3,6 +3,7 @@ labels."""
 
 import importlib.util
 import sys
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +13,7 @@ import SimpleITK as sitk
 import inference.openvino_stage as ovs
 from benchmarks.agreement import agreement
 from inference.__main__ import main as infer_main
-from inference.pipeline import Segmenter
+from inference.pipeline import Segmenter, load_stages
 from inference.sessions import RuntimeConfig
 from inference.stage_info import INPUT_NAME
 from tests.helpers import ROOT, SAMPLE_CT
@@ -82,6 +83,33 @@ def test_openvino_stage_runs_again_and_can_be_stopped(small_weights):
     stage.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         stage.run(crop[:, :, :20])
+
+
+@needs_openvino
+def test_both_networks_are_read_on_the_calling_thread_and_compiled_beside_each_other(
+    small_weights, monkeypatch
+):
+    """Reading and cutting hand numpy arrays across OpenVINO's Python bindings, whose first
+    use from two threads at once deadlocked a start now and then: only the compiles, which
+    hand over no arrays, may run in the pool."""
+    threads = {"cut": set(), "compile": set()}
+    cut, compile_ = ovs.keep_means_short, ovs.OpenVinoStage.compile
+
+    def recorded(name, function):
+        def call(*args):
+            threads[name].add(threading.current_thread().name)
+            return function(*args)
+
+        return call
+
+    monkeypatch.setattr(ovs, "keep_means_short", recorded("cut", cut))
+    monkeypatch.setattr(ovs.OpenVinoStage, "compile", recorded("compile", compile_))
+    config = RuntimeConfig.for_device("cpu", "openvino-f32")
+    coarse, fine = load_stages(small_weights, config)
+    assert threads["cut"] == {threading.current_thread().name}
+    assert threads["compile"] and threading.current_thread().name not in threads["compile"]
+    crop = np.random.default_rng(0).integers(-1000, 400, (23, 31, 37)).astype(np.int16)
+    assert fine.run(crop).shape == crop.shape and coarse.run(crop).dtype == np.uint8
 
 
 @pytest.mark.slow  # the shipped paper-size graphs on a real CT, on both engines
