@@ -14,7 +14,8 @@ here one axis at a time, as three 2-tap interpolations, where ONNX Runtime sums 
 
 import numpy as np
 
-# As training.transforms: the floor of the z-score's denominator, in HU.
+# Floor of the z-score's denominator, in HU: keeps a constant volume from dividing by zero
+# (training.transforms and the graphs take it from here).
 MIN_STD_HU = 1e-3
 # Slices done at once: by ``network_input``, 16 x 512 x 512 x 4 B = 16 MiB of float input; by
 # ``labels_at_size``, the running maximum and each organ's part of 16 output slices.

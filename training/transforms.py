@@ -11,8 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Floor of the z-score's denominator, in HU: keeps a constant volume from dividing by zero.
-MIN_STD_HU = 1e-3
+from inference.transforms import MIN_STD_HU  # the z-score's floor, the graphs' and numpy's
 
 
 def resize(x: torch.Tensor, size: tuple[int, int, int] | torch.Size) -> torch.Tensor:
