@@ -97,6 +97,9 @@ class TrainConfig:
     # e.g. when there are no validation cases and the training set is large.
     val_every: int = 10
     seed: int = 0  # of everything random: initialisation, order, patches, augmentation
+    # Start the generator from these weights instead of at random (fine-tuning; a resumed run
+    # continues from its own checkpoint): a training checkpoint (.pt) or a stage graph (.onnx).
+    init: str = ""
     log_every: int = 10  # iterations between progress lines
 
     @property

@@ -35,7 +35,14 @@ from inference.stage_info import STAGES
 
 from . import config as configuration
 from .augment import augment
-from .checkpoint import CheckpointError, StageSettings, read_payload, save_checkpoint, sha256_file
+from .checkpoint import (
+    CheckpointError,
+    StageSettings,
+    load_checkpoint,
+    read_payload,
+    save_checkpoint,
+    sha256_file,
+)
 from .config import ConfigError, TrainConfig
 from .data import INDEX_NAME, CacheError, CacheSet, load_index, oversampling, split
 from .distributed import EpochDraws, Process, draw_epoch, init_distributed
@@ -219,6 +226,22 @@ def resume_state(cfg: TrainConfig, resume: bool, proc: Process, index_sha256: st
     return state
 
 
+def initial_weights(path: Path, spec: NetworkSpec) -> dict[str, torch.Tensor]:
+    """The generator weights ``--init`` names: a training checkpoint, or a stage graph (the
+    shipped weights keep no checkpoint); refused unless they are ``spec``'s network."""
+    if not path.is_file():
+        raise TrainingError(f"{path}: no such checkpoint or stage graph (--init)")
+    if path.suffix == ".onnx":
+        from export.check import load_stage  # onnx only when a graph is given
+
+        loaded = load_stage(path)[2]
+    else:
+        loaded = load_checkpoint(path)
+    if loaded.spec != spec:
+        raise TrainingError(f"{path}: holds {loaded.spec}, not this run's {spec} (--init)")
+    return loaded.state_dict
+
+
 def restore(t: Trainer, state: dict) -> tuple[int, float]:
     """Load the networks, optimisers and scalers of ``state``; its (epochs done, best Dice)."""
     t.net.load_state_dict(state["model"])
@@ -254,6 +277,8 @@ def set_up(cfg: TrainConfig, resume: bool, proc: Process) -> tuple[Run, int]:
     data = load_data(cfg, gen_spec.input_size)
     t = build_trainer(cfg, gen_spec, disc_spec, proc.device)
     state = resume_state(cfg, resume, proc, data.index_sha256)
+    if state is None and cfg.init:
+        t.net.load_state_dict(initial_weights(Path(cfg.init), gen_spec))
     start_epoch, best = restore(t, state) if state else (0, -1.0)
     net, disc = t.net, t.disc
     if proc.world > 1:

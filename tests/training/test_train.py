@@ -342,3 +342,24 @@ def test_val_every_0_never_validates(cache, tmp_path):
     run = tmp_path / "coarse"
     assert (run / "val.csv").read_text().count("\n") == 1  # the header alone
     assert (run / "last.pt").exists() and not (run / "best.pt").exists()
+
+
+def test_init_starts_from_a_checkpoint_or_a_stage_graph(cache, tmp_path, capsys):
+    base = ["--no-adversarial", "--epochs", "1"]
+    assert train(cache, tmp_path / "a", "--stage", "fine", *base) == 0
+    first = tmp_path / "a" / "fine" / "last.pt"
+    graphs = tmp_path / "weights"
+    assert (
+        export_main(["--checkpoint", str(first), "--precision", "fp32", "--out", str(graphs)]) == 0
+    )
+    expected = load_checkpoint(first).state_dict
+    # lr 0: Adam moves nothing, so the run ends with the weights it started from.
+    for name, init in (("pt", first), ("onnx", graphs / "fine_fp32.onnx")):
+        out = tmp_path / name
+        assert train(cache, out, "--stage", "fine", *base, "--lr", "0", "--init", str(init)) == 0
+        got = load_checkpoint(out / "fine" / "last.pt").state_dict
+        assert all(torch.equal(got[k], expected[k]) for k in expected), name
+    # Weights of another network are refused in one line.
+    capsys.readouterr()
+    assert train(cache, tmp_path / "c", "--stage", "coarse", *base, "--init", str(first)) == 2
+    assert capsys.readouterr().err.startswith(f"error: {first}: holds ")
