@@ -1,8 +1,9 @@
 """The CPU engine: the stage networks on OpenVINO, their preprocessing and label assignment in
 numpy (``inference.transforms``).
 
-OpenVINO runs each network cut out of its stored fp32 graph (``network_of``): the coarse one in
-f32, the fine one in bf16 where the CPU computes bf16 natively (AVX-512 BF16 or AMX), else f32.
+OpenVINO runs each network cut out of its stored fp32 graph (``network_of``) in f32; the fine
+one in bf16 when asked for (``--cpu-engine openvino``) and the CPU computes bf16 natively
+(AVX-512 BF16 or AMX).
 The networks then have one shape, compiled once; and the resize and label assignment, whose
 sizes follow the input, run where memory stays flat in the number of slices and where each
 organ is upsampled only inside the box it can win. Figures: docs/runtime.md ("The CPU engine").

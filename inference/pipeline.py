@@ -90,8 +90,8 @@ AnyStage = Stage | OpenVinoStage
 def load_stages(weights: Path, config: RuntimeConfig) -> tuple[AnyStage, AnyStage]:
     """Both stages on ``config.engine``: whole graphs on ONNX Runtime, or the networks on
     OpenVINO: the coarse one in f32 (the fine crop is cut from its labels, and in bf16 518 of
-    its 4.1 M labels change on the FLARE-sized case), the fine one in bf16 where the CPU has
-    it."""
+    its 4.1 M labels change on the FLARE-sized case), the fine one at
+    ``config.fine_precision``."""
     if config.engine != "openvino":
         return load_stage(weights, "coarse", config), load_stage(weights, "fine", config)
     coarse = load_openvino_stage(weights, "coarse", "f32")

@@ -26,7 +26,8 @@ needs_openvino = pytest.mark.skipif(
 def test_auto_takes_openvino_where_it_is_installed(monkeypatch):
     monkeypatch.setattr(ovs, "openvino_installed", lambda: True)
     assert ovs.cpu_engine("auto") == "openvino"
-    assert RuntimeConfig.for_device("cpu", "auto").engine == "openvino"
+    default = RuntimeConfig.for_device("cpu", "auto")
+    assert default.engine == "openvino" and default.fine_precision == "f32"  # fp32's labels
     assert RuntimeConfig.for_device("cuda", "auto").engine == "onnxruntime"
 
     monkeypatch.setattr(ovs, "openvino_installed", lambda: False)
@@ -119,13 +120,16 @@ def test_the_openvino_engine_keeps_the_labels_of_onnxruntime():
     volume = sitk.GetArrayViewFromImage(image)
     geometry = image.GetSpacing(), image.GetDirection()
     results = {}
-    for engine in ("onnxruntime", "openvino", "openvino-f32"):
+    for engine in ("onnxruntime", "openvino", "auto"):
         segmenter = Segmenter(ROOT / "weights", "cpu", cpu_engine=engine)
-        assert segmenter.engine == engine.removesuffix("-f32")
+        assert segmenter.engine == ("onnxruntime" if engine == "onnxruntime" else "openvino")
         results[engine] = segmenter.segment(volume, *geometry).labels
     voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-    kept = agreement(results["openvino"], results["onnxruntime"], voxel_ml)
-    assert kept.kept, kept
-    # In f32 the engine is ONNX Runtime's arithmetic but for the last bits of the resizes.
-    exact = agreement(results["openvino-f32"], results["onnxruntime"], voxel_ml)
+    # The default, OpenVINO in f32: ONNX Runtime's arithmetic but for the last bits of the
+    # resizes.
+    exact = agreement(results["auto"], results["onnxruntime"], voxel_ml)
     assert exact.voxels > 0.99999 and exact.min_dsc > 0.9999, exact
+    # The fine network in bf16 (asked for): most labels, not all (docs/runtime.md); on the
+    # shipped weights of this writing the least organ above 10 mL was at DSC 0.988.
+    fast = agreement(results["openvino"], results["onnxruntime"], voxel_ml)
+    assert fast.voxels > 0.9995 and fast.min_dsc > 0.95, fast
