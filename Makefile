@@ -46,7 +46,8 @@ bench: $(VENV)/installed
 	$(PY) benchmarks/stage_graphs.py
 
 # Weights from the real CTs we can reach (python -m training.totalsegmentator): about two hours
-# on two CPU cores (the two stages train side by side, one core each; minutes on a GPU).
+# on two CPU cores (the two stages train side by side on patches, one core each; minutes on a
+# GPU), then 40 minutes of the fine stage on whole cubes.
 # Every step resumes, so running it again goes on where the last run stopped.
 TS := build/ts_dataset
 STAGE_THREADS ?= $(shell expr \( $$(nproc) + 1 \) / 2)
@@ -58,7 +59,8 @@ weights: $(VENV)/installed
 	        --config training/configs/totalsegmentator_$$stage.toml & pids="$$pids $$!"; \
 	done; \
 	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; exit $$failed
-	$(PY) -m export --checkpoint build/ts_train/coarse/last.pt build/ts_train/fine/last.pt --out weights
+	$(PY) -m training --resume --config training/configs/totalsegmentator_fine_cubes.toml
+	$(PY) -m export --checkpoint build/ts_train/coarse/last.pt build/ts_cubes/fine/last.pt --out weights
 
 # The fp16 graphs the GPU image runs, derived from the fp32 graphs git stores (byte-identical
 # to an export from the training checkpoints; it says so against manifest.json). Before

@@ -96,10 +96,13 @@ same voxel for voxel). Volumes in mL.{previous}
   and one voxel of boundary costs much of their DSC.
 - Trained on 96³ patches, run on whole 160³ / 192³ cubes: InstanceNorm's statistics then span
   another field of view, and small organs are over-segmented (docs/training.md, "Why the
-  shipped weights over-segment"). Training on whole cubes needs a GPU (`python -m
-  training.burst`).
+  shipped weights over-segment"). The recipe ends with 60 iterations of the fine network on
+  whole 192³ crops (`training/configs/totalsegmentator_fine_cubes.toml`, "Whole-cube
+  fine-tuning" there); the coarse network stays patch-trained. Training both on whole cubes
+  throughout needs a GPU (`python -m training.burst`).
 - The esophagus is out of view in every reachable scan: it was never trained.
-- Trained on two CPU cores for about two hours; the paper trains 300 epochs on two GPUs.
+- Trained on two CPU cores for about two hours and three quarters; the paper trains 300 epochs
+  on two GPUs.
 
 ## Retrain on FLARE22
 docs/training.md, "Plan a FLARE22 run". These weights again: `make weights` (resumes where it

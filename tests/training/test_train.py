@@ -308,7 +308,9 @@ def test_shipped_configs_parse(name):
     assert not iterations or cfg.warmup_iters + cfg.cooldown_iters < iterations
 
 
-@pytest.mark.parametrize("name", ["flare22_fine", "totalsegmentator_coarse", "synth_fine"])
+@pytest.mark.parametrize(
+    "name", ["flare22_fine", "totalsegmentator_coarse", "synth_fine", "totalsegmentator_fine_cubes"]
+)
 def test_the_recorded_training_command_replays_the_config(name):
     cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
     words = shlex.split(command(cfg))
@@ -319,6 +321,16 @@ def test_the_recorded_training_command_replays_the_config(name):
     # A value a shell would expand is quoted.
     cfg = dataclasses.replace(cfg, oversample=("patient*=16",))
     assert from_args(parser.parse_args(shlex.split(command(cfg))[3:])) == cfg
+
+
+def test_the_whole_cube_step_goes_on_from_the_patch_recipes_fine_network():
+    configs = ROOT / "training" / "configs"
+    patches = from_args(argparse.Namespace(config=configs / "totalsegmentator_fine.toml"))
+    cubes = from_args(argparse.Namespace(config=configs / "totalsegmentator_fine_cubes.toml"))
+    assert cubes.init == str(patches.run_dir / "last.pt") and cubes.cache == patches.cache
+    assert cubes.stage == patches.stage and cubes.input_size == patches.input_size
+    assert patches.patch_size and not cubes.patch_size  # the whole cube the graph runs on
+    assert cubes.run_dir != patches.run_dir  # its own run: the patch checkpoint stays
 
 
 def test_every_setting_has_its_help_and_default_in_help(capsys):
