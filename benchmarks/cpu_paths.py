@@ -19,6 +19,9 @@ Paths:
   coarse graph on each whole volume, the fine graph on the crop the fp32 path cuts from it);
 - ``openvino``, ``openvino-bf16``: both networks on OpenVINO's runtime (``pip install
   openvino``; skipped when it is missing), in f32 and with its bf16 inference hint;
+- ``default``: what ``python -m inference --device cpu`` runs with no engine named
+  (``--cpu-engine auto``): both networks on OpenVINO f32 where it is installed, cut and compiled
+  as the runtime does (``inference.openvino_stage``);
 - ``engine``: the runtime's ``--cpu-engine openvino``, its choice where OpenVINO is installed:
   the coarse network on OpenVINO f32 (the fine crop is cut from its labels), the fine one in
   bf16 where the CPU has it natively (``inference.openvino_stage``).
@@ -40,7 +43,7 @@ if Path(sys.path[0]).resolve() == ROOT / "benchmarks":  # run as a script
     sys.path[0] = str(ROOT)  # not benchmarks/: its profile.py would shadow the stdlib's profile
 
 BUNDLED_CT = ROOT / "data" / "totalsegmentator" / "example_ct.nii.gz"
-PATHS = ("fp32", "native-norm", "int8", "openvino", "openvino-bf16", "engine")
+PATHS = ("fp32", "native-norm", "int8", "openvino", "openvino-bf16", "default", "engine")
 STAGES = ("coarse", "fine")
 
 
@@ -142,7 +145,9 @@ def child(path: str, weights: Path, case: Path, out: Path) -> dict:
     from inference.pipeline import Segmenter
 
     start = time.perf_counter()
-    if path == "engine":  # the runtime's own choice where OpenVINO is there
+    if path == "default":  # what the CLI runs when no engine is named
+        segmenter = Segmenter(weights, "cpu")
+    elif path == "engine":  # the runtime's own choice where OpenVINO is there
         segmenter = Segmenter(weights, "cpu", cpu_engine="openvino")
     elif "openvino" in path:
         from inference.openvino_stage import OpenVinoStage
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        skipped = [x for x in paths if "openvino" in x or x == "engine"]
+        skipped = [x for x in paths if "openvino" in x or x in ("default", "engine")]
         if skipped:
             print(f"skipped {', '.join(skipped)}: pip install openvino", file=sys.stderr)
         paths = [x for x in paths if x not in skipped]

@@ -12,8 +12,8 @@ from benchmarks.cpu_paths import main
 def test_each_path_builds_runs_and_is_compared_with_fp32(small_weights, tmp_path, capsys):
     out = tmp_path / "cpu_paths.json"
     paths = ["native-norm", "int8"]
-    if importlib.util.find_spec("openvino"):  # the runtime's OpenVINO engine
-        paths.append("engine")
+    if importlib.util.find_spec("openvino"):  # the runtime's default and its bf16 engine
+        paths += ["default", "engine"]
     argv = ["--weights", str(small_weights), "--tiny", "--runs", "1", "--out", str(out)]
     assert main([*argv, "--paths", *paths]) == 0
     rows = json.loads(out.read_text())["rows"]
