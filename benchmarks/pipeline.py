@@ -108,21 +108,26 @@ def reference_agreement(weights: Path, case: Path, engine: str) -> dict:
     return file_agreement(ours, case / "out-onnxruntime" / ours.name).as_dict()
 
 
-def child_network(weights: Path, stage: str, runs: int) -> dict:
+def child_network(weights: Path, stage: str, runs: int, engine: str = "auto") -> dict:
     """The stage's network alone (the graph's initializers in a network-only export), on
-    ONNX Runtime fp32, or on OpenVINO bf16 for ``stage`` "fine-openvino"."""
+    ONNX Runtime fp32, or for ``stage`` "fine-openvino" on OpenVINO at the precision the
+    runtime's ``engine`` runs the fine network in."""
     import numpy as np
 
     path = weights / f"{stage.removesuffix('-openvino')}_network.onnx"
+    precision = "fp32"
     if stage.endswith("-openvino"):
         import openvino as ov
 
-        from inference.openvino_stage import compile_options, keep_means_short
+        from inference.openvino_stage import compile_options, fastest_precision, keep_means_short
+        from inference.sessions import RuntimeConfig
 
         core = ov.Core()
+        precision = RuntimeConfig.for_device("cpu", engine).fine_precision
+        precision = fastest_precision(core) if precision == "auto" else precision
         network = core.read_model(str(path))
         keep_means_short(network)  # as the runtime compiles it
-        request = core.compile_model(network, "CPU", compile_options())
+        request = core.compile_model(network, "CPU", compile_options(precision))
         request = request.create_infer_request()
         size = request.model_inputs[0].get_partial_shape()[-1].get_length()
         run = request.infer
@@ -142,7 +147,7 @@ def child_network(weights: Path, stage: str, runs: int) -> dict:
 
     x = np.random.default_rng(0).standard_normal((1, 1, size, size, size), dtype=np.float32)
     times = time_runs(lambda: run(x), runs)
-    return {"times": times, "peak_rss_mib": peak_rss_mib()}
+    return {"times": times, "peak_rss_mib": peak_rss_mib(), "precision": precision}
 
 
 def export_graphs(folder: Path, weights: Path | None) -> Path:
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "pipeline":
             result = child_pipeline(Path(weights), Path(arg), args.runs, args.cpu_engine)
         else:
-            result = child_network(Path(weights), arg, args.runs)
+            result = child_network(Path(weights), arg, args.runs, args.cpu_engine)
         print(json.dumps(result))
         return 0
 
@@ -197,9 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         stages = ["coarse", "fine"]
         if importlib.util.find_spec("openvino"):
             stages.append("fine-openvino")
-        nets = {s: run_child(Path(__file__), ["network", str(weights), s, *runs]) for s in stages}
+        engine = ["--cpu-engine", args.cpu_engine]
+        nets = {
+            s: run_child(Path(__file__), ["network", str(weights), s, *runs, *engine])
+            for s in stages
+        }
         for name, case in cases.items():
-            engine = ["--cpu-engine", args.cpu_engine]
             r = run_child(Path(__file__), ["pipeline", str(weights), str(case), *runs, *engine])
             keys = (*TIMING_KEYS, "total")
             row = {k: median([rec[k] for rec in r["records"]]) for k in keys}
@@ -214,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     net_s = {s: median(n["times"]) for s, n in nets.items()}
     fine_rss = nets["fine"]["peak_rss_mib"]
-    openvino = f"; fine {net_s['fine-openvino']:.2f} s on OpenVINO bf16" if len(nets) > 2 else ""
+    openvino = ""
+    if "fine-openvino" in nets:
+        precision = nets["fine-openvino"]["precision"]
+        openvino = f"; fine {net_s['fine-openvino']:.2f} s on OpenVINO {precision}"
     print(
         f"networks alone: coarse {net_s['coarse']:.2f} s, fine {net_s['fine']:.2f} s "
         f"(peak RSS {fine_rss:.0f} MiB) on ONNX Runtime fp32{openvino}; {args.runs} runs, CPU"
