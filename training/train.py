@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from inference.organs import NUM_ORGANS
+from inference.organs import LABEL_NAMES, NUM_ORGANS
 from inference.stage_info import STAGES
 
 from . import config as configuration
@@ -49,6 +49,7 @@ from .distributed import EpochDraws, Process, draw_epoch, init_distributed
 from .losses import one_hot
 from .networks import NetworkSpec, SpecError, build_network, network_spec
 from .patches import sample_patch
+from .revive import dead_organs, revive_dead_organs
 from .runlog import LOG_FIELDS, Log
 from .steps import Trainer, discriminator_step, supervised_step, unlabelled_step
 from .transforms import assign_labels, normalize
@@ -242,6 +243,23 @@ def initial_weights(path: Path, spec: NetworkSpec) -> dict[str, torch.Tensor]:
     return loaded.state_dict
 
 
+def revive(net: nn.Module, data: Data, seed: int, rank: int) -> None:
+    """``revive_dead_organs`` on the first cached cube of each training case (its whole volume
+    for the coarse stage, its ground truth's box for the fine one)."""
+    first = {case: i for i, case in reversed(list(enumerate(data.train.cases)))}
+    cubes = [data.train[i] for i in sorted(first.values())]
+    s = data.settings
+    revived = revive_dead_organs(net, cubes, s.hu_window, seed)
+    if rank == 0:
+        names = ", ".join(LABEL_NAMES[k] for k in revived) or "none"
+        print(f"organs whose head row was refit (revive_dead_organs): {names}", file=sys.stderr)
+        # The fit has no intercept: for a rare organ on few features it can come out without a
+        # positive weight again (a 2-feature test network does).
+        still = [LABEL_NAMES[k] for k in dead_organs(net) if k in revived]
+        if still:
+            print(f"warning: still without a positive weight: {', '.join(still)}", file=sys.stderr)
+
+
 def restore(t: Trainer, state: dict) -> tuple[int, float]:
     """Load the networks, optimisers and scalers of ``state``; its (epochs done, best Dice)."""
     t.net.load_state_dict(state["model"])
@@ -279,6 +297,8 @@ def set_up(cfg: TrainConfig, resume: bool, proc: Process) -> tuple[Run, int]:
     state = resume_state(cfg, resume, proc, data.index_sha256)
     if state is None and cfg.init:
         t.net.load_state_dict(initial_weights(Path(cfg.init), gen_spec))
+    if state is None and cfg.revive_dead_organs:
+        revive(t.net, data, cfg.seed, proc.rank)
     start_epoch, best = restore(t, state) if state else (0, -1.0)
     net, disc = t.net, t.disc
     if proc.world > 1:

@@ -21,7 +21,7 @@ from export.__main__ import main as export_main
 from inference.stage_info import StageInfo
 from tests.helpers import ROOT
 from tests.training.test_prepare import make_dataset
-from training.checkpoint import load_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig, add_arguments, command, from_args, from_dict
 from training.data import CacheSet
 from training.distributed import Process, draw_epoch, shard
@@ -309,7 +309,14 @@ def test_shipped_configs_parse(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["flare22_fine", "totalsegmentator_coarse", "synth_fine", "totalsegmentator_fine_cubes"]
+    "name",
+    [
+        "flare22_fine",
+        "totalsegmentator_coarse",
+        "synth_fine",
+        "totalsegmentator_fine_cubes",
+        "totalsegmentator_coarse_cubes",
+    ],
 )
 def test_the_recorded_training_command_replays_the_config(name):
     cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
@@ -375,3 +382,23 @@ def test_init_starts_from_a_checkpoint_or_a_stage_graph(cache, tmp_path, capsys)
     capsys.readouterr()
     assert train(cache, tmp_path / "c", "--stage", "coarse", *base, "--init", str(first)) == 2
     assert capsys.readouterr().err.startswith(f"error: {first}: holds ")
+
+
+def test_a_dead_organ_channel_is_refit_before_the_first_step(cache, tmp_path, capsys):
+    base = ["--stage", "coarse", "--no-adversarial", "--epochs", "1"]
+    assert train(cache, tmp_path / "a", *base) == 0
+    ckpt = load_checkpoint(tmp_path / "a" / "coarse" / "last.pt")
+    net = ckpt.network()
+    with torch.no_grad():  # the liver's row negative on every feature: it can never win a voxel
+        net.head.weight[0] = -net.head.weight[0].abs()
+        net.head.weight[1:, 0] = net.head.weight[1:, 0].abs() + 0.1  # every other row alive
+    dead = tmp_path / "dead.pt"
+    save_checkpoint(dead, net, ckpt.spec, ckpt.settings)
+    capsys.readouterr()
+    # lr 0: the run ends with the weights it started from, after the refit.
+    run = ["--init", str(dead), "--lr", "0", "--revive-dead-organs"]
+    assert train(cache, tmp_path / "b", *base, *run) == 0
+    assert "refit (revive_dead_organs): liver" in capsys.readouterr().err
+    got = load_checkpoint(tmp_path / "b" / "coarse" / "last.pt").state_dict["head.weight"]
+    assert not torch.equal(got[0], net.state_dict()["head.weight"][0])
+    assert torch.equal(got[1:], net.state_dict()["head.weight"][1:])  # the living rows stay
