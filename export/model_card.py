@@ -98,10 +98,12 @@ same voxel for voxel). Volumes in mL.{previous}
   another field of view, and small organs are over-segmented (docs/training.md, "Why the
   shipped weights over-segment"). The recipe ends with 60 iterations of the fine network on
   whole 192³ crops (`training/configs/totalsegmentator_fine_cubes.toml`, "Whole-cube
-  fine-tuning" there); the coarse network stays patch-trained. Training both on whole cubes
-  throughout needs a GPU (`python -m training.burst`).
+  fine-tuning" there) and 60 of the coarse network on whole 160³ cubes of patient A and 16
+  synthetic CTs, its dead liver channel revived first
+  (`training/configs/totalsegmentator_coarse_cubes.toml`, "A dead liver channel" there).
+  Training both on whole cubes throughout needs a GPU (`python -m training.burst`).
 - The esophagus is out of view in every reachable scan: it was never trained.
-- Trained on two CPU cores for about two hours and three quarters; the paper trains 300 epochs
+- Trained on two CPU cores for about three hours; the paper trains 300 epochs
   on two GPUs.
 
 ## Retrain on FLARE22

@@ -340,6 +340,17 @@ def test_the_whole_cube_step_goes_on_from_the_patch_recipes_fine_network():
     assert cubes.run_dir != patches.run_dir  # its own run: the patch checkpoint stays
 
 
+def test_the_coarse_whole_cube_step_revives_the_patch_recipes_coarse_network():
+    configs = ROOT / "training" / "configs"
+    patches = from_args(argparse.Namespace(config=configs / "totalsegmentator_coarse.toml"))
+    cubes = from_args(argparse.Namespace(config=configs / "totalsegmentator_coarse_cubes.toml"))
+    assert cubes.init == str(patches.run_dir / "last.pt") and cubes.stage == patches.stage
+    assert cubes.revive_dead_organs and not cubes.patch_size and not cubes.adversarial
+    assert cubes.run_dir != patches.run_dir
+    fine = from_args(argparse.Namespace(config=configs / "totalsegmentator_fine_cubes.toml"))
+    assert cubes.run_dir.parent == fine.run_dir.parent  # make weights exports both from there
+
+
 def test_every_setting_has_its_help_and_default_in_help(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
