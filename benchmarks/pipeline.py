@@ -119,12 +119,11 @@ def child_network(weights: Path, stage: str, runs: int, engine: str = "auto") ->
     if stage.endswith("-openvino"):
         import openvino as ov
 
-        from inference.openvino_stage import compile_options, fastest_precision, keep_means_short
+        from inference.openvino_stage import compile_options, keep_means_short, resolve_precision
         from inference.sessions import RuntimeConfig
 
         core = ov.Core()
-        precision = RuntimeConfig.for_device("cpu", engine).fine_precision
-        precision = fastest_precision(core) if precision == "auto" else precision
+        precision = resolve_precision(core, RuntimeConfig.for_device("cpu", engine).fine_precision)
         network = core.read_model(str(path))
         keep_means_short(network)  # as the runtime compiles it
         request = core.compile_model(network, "CPU", compile_options(precision))

@@ -52,6 +52,11 @@ def fastest_precision(core) -> str:
     return "bf16" if "BF16" in capabilities else "f32"
 
 
+def resolve_precision(core, precision: str) -> str:
+    """``precision`` ("bf16", "f32"), or for "auto" ``fastest_precision``."""
+    return fastest_precision(core) if precision == "auto" else precision
+
+
 class OpenVinoStage:
     """A stage graph's network compiled by OpenVINO for the CPU, with the graph's preprocessing
     and label assignment done by ``inference.transforms``; used as ``pipeline.Stage`` is.
@@ -81,7 +86,7 @@ class OpenVinoStage:
             framework = model.get_rt_info(["framework"]).astype(dict)
         metadata = {key: value.astype(str) for key, value in framework.items()}
         self.info = StageInfo.from_metadata(metadata, str(path))
-        self.precision = fastest_precision(core) if precision == "auto" else precision
+        self.precision = resolve_precision(core, precision)
         self._network = network_of(model, self.info.input_size, str(path))
         keep_means_short(self._network)
         self._compiled = None

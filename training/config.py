@@ -100,8 +100,8 @@ class TrainConfig:
     # Start the generator from these weights instead of at random (fine-tuning; a resumed run
     # continues from its own checkpoint): a training checkpoint (.pt) or a stage graph (.onnx).
     init: str = ""
-    # Before the first step, refit the head row of any organ whose logit passes the threshold in
-    # none of its voxels on the training cases' whole cubes (training/revive.py).
+    # Before the first step, refit the head row of any organ it has no positive weight for (so
+    # that organ can never win a voxel) on the training cases' whole cubes (training/revive.py).
     revive_dead_organs: bool = False
     log_every: int = 10  # iterations between progress lines
 

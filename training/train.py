@@ -246,8 +246,10 @@ def initial_weights(path: Path, spec: NetworkSpec) -> dict[str, torch.Tensor]:
 def revive(net: nn.Module, data: Data, seed: int, rank: int) -> None:
     """``revive_dead_organs`` on the first cached cube of each training case (its whole volume
     for the coarse stage, its ground truth's box for the fine one)."""
-    first = {case: i for i, case in reversed(list(enumerate(data.train.cases)))}
-    cubes = [data.train[i] for i in sorted(first.values())]
+    first: dict[str, int] = {}
+    for i, case in enumerate(data.train.cases):
+        first.setdefault(case, i)
+    cubes = [data.train[i] for i in first.values()]
     s = data.settings
     revived = revive_dead_organs(net, cubes, s.hu_window, seed)
     if rank == 0:
