@@ -63,3 +63,69 @@ def test_missing_scores_are_an_error_not_a_card(tmp_path, capsys):
     assert main(["--weights", str(tmp_path), "--dataset", str(tmp_path)]) == 1
     assert "error:" in capsys.readouterr().err
     assert not (tmp_path / "MODEL_CARD.md").exists()
+
+
+def test_weights_trained_on_every_patient_show_the_leave_one_out_fold(tmp_path):
+    # The final weights trained on both patients: no held-out table of their own; the fold's
+    # weights (before the last step) scored on the patient they never saw stand in for it.
+    dataset, fold, evaluation = tmp_path / "all", tmp_path / "fold", tmp_path / "eval"
+    weights = tmp_path / "weights"
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:12, 2:12, 2:12] = 1
+    for case in ("patientA", "patientB"):
+        write(ref, dataset / "labelsTr" / f"{case}.nii.gz")
+        write(ref, evaluation / "pred" / f"{case}.nii.gz")
+    (dataset / "labelsTs").mkdir()
+    write(ref, fold / "labelsTs" / "patientB.nii.gz")
+    half = ref.copy()
+    half[2:12, 2:12, 2:7] = 0
+    write(half, evaluation / "fold_pred" / "patientB.nii.gz")
+    for kind, pred, gt in (
+        ("training", "pred", dataset / "labelsTr"),
+        ("fold", "fold_pred", fold / "labelsTs"),
+    ):
+        argv = ["--pred", str(evaluation / pred), "--gt", str(gt), "--out", str(evaluation / kind)]
+        assert evaluate_main(argv) == 0
+    weights.mkdir()
+    (weights / "manifest.json").write_text(json.dumps({"training": {}}))
+
+    argv = ["--weights", str(weights), "--dataset", str(dataset), "--eval", str(evaluation)]
+    assert main([*argv, "--fold", str(fold)]) == 0
+    card = (weights / "MODEL_CARD.md").read_text()
+    assert "- **patient B** (training)" in card and "Held-out patient" not in card
+    fold_table = card.split("### Leave-one-patient-out fold, held out: patientB", 1)[1]
+    assert fold_table.split("\n| liver |", 1)[1].startswith(" 8.0 | 4.0 | 0.667 |")
+    assert "- patientB (trained on): DSC ≥ 0.93 for liver, spleen and kidneys in view: met" in card
+    assert "- patientB in the fold (held out): DSC ≥ 0.90 liver, ≥ 0.85 spleen and kidneys" in card
+    assert "missed for liver 0.667 < 0.9." in card
+
+
+def test_unseen_synthetic_cts_get_a_mean_dsc_per_organ_over_the_cases_that_hold_it(tmp_path):
+    dataset, unseen, evaluation = tmp_path / "ds", tmp_path / "unseen", tmp_path / "eval"
+    weights = tmp_path / "weights"
+    ref = np.zeros((20, 20, 20), np.uint8)
+    ref[2:12, 2:12, 2:12] = 1
+    write(ref, dataset / "labelsTr" / "patientA.nii.gz")
+    write(ref, evaluation / "pred" / "patientA.nii.gz")
+    with_spleen = ref.copy()
+    with_spleen[14:18, 14:18, 14:18] = 3
+    half = ref.copy()
+    half[2:12, 2:12, 2:7] = 0  # liver DSC 2/3
+    for case, label, pred in (("held_000", with_spleen, with_spleen), ("held_001", ref, half)):
+        write(label, unseen / "labelsTr" / f"{case}.nii.gz")
+        write(pred, evaluation / "synth_pred" / f"{case}.nii.gz")
+    for kind, pred, gt in (
+        ("training", "pred", dataset / "labelsTr"),
+        ("synthetic", "synth_pred", unseen / "labelsTr"),
+    ):
+        argv = ["--pred", str(evaluation / pred), "--gt", str(gt), "--out", str(evaluation / kind)]
+        assert evaluate_main(argv) == 0
+    weights.mkdir()
+    (weights / "manifest.json").write_text(json.dumps({"training": {}}))
+    argv = ["--weights", str(weights), "--dataset", str(dataset), "--eval", str(evaluation)]
+    assert main([*argv, "--synthetic", str(unseen)]) == 0
+    card = (weights / "MODEL_CARD.md").read_text()
+    table = card.split("### 2 synthetic CTs no training drew", 1)[1].split("##", 1)[0]
+    assert "| liver | 2 | 0.833 |" in table  # (1 + 2/3) / 2
+    assert "| spleen | 1 | 1.000 |" in table  # held_001 has none: not scored 1 by the rules
+    assert "| right kidney |" not in table  # in neither reference

@@ -316,6 +316,8 @@ def test_shipped_configs_parse(name):
         "synth_fine",
         "totalsegmentator_fine_cubes",
         "totalsegmentator_coarse_cubes",
+        "totalsegmentator_coarse_all",
+        "totalsegmentator_fine_all",
     ],
 )
 def test_the_recorded_training_command_replays_the_config(name):
@@ -349,6 +351,20 @@ def test_the_coarse_whole_cube_step_revives_the_patch_recipes_coarse_network():
     assert cubes.run_dir != patches.run_dir
     fine = from_args(argparse.Namespace(config=configs / "totalsegmentator_fine_cubes.toml"))
     assert cubes.run_dir.parent == fine.run_dir.parent  # make weights exports both from there
+
+
+@pytest.mark.parametrize("stage", ["coarse", "fine"])
+def test_the_last_step_on_every_patient_goes_on_from_the_folds_networks(stage):
+    configs = ROOT / "training" / "configs"
+    fold = from_args(argparse.Namespace(config=configs / f"totalsegmentator_{stage}_cubes.toml"))
+    last = from_args(argparse.Namespace(config=configs / f"totalsegmentator_{stage}_all.toml"))
+    assert last.init == str(fold.run_dir / "last.pt") and last.stage == fold.stage
+    assert last.cache != fold.cache and last.run_dir.parent != fold.run_dir.parent
+    assert not last.patch_size and not last.adversarial and not last.revive_dead_organs
+    # make weights exports both stages of the last step from one folder.
+    other = "fine" if stage == "coarse" else "coarse"
+    pair = from_args(argparse.Namespace(config=configs / f"totalsegmentator_{other}_all.toml"))
+    assert pair.run_dir.parent == last.run_dir.parent and pair.cache == last.cache
 
 
 def test_every_setting_has_its_help_and_default_in_help(capsys):
