@@ -57,14 +57,17 @@ TS := build/ts_dataset
 ALL := build/all_dataset
 FOLD := build/fold_weights
 STAGE_THREADS ?= $(shell expr \( $$(nproc) + 1 \) / 2)
+# $(call both_stages,SUFFIX): training/configs/totalsegmentator_{coarse,fine}SUFFIX.toml side by
+# side, one share of the cores each; fails if either fails.
+both_stages = pids=; for stage in coarse fine; do \
+	    OMP_NUM_THREADS=$(STAGE_THREADS) $(PY) -m training --resume \
+	        --config training/configs/totalsegmentator_$${stage}$(1).toml & pids="$$pids $$!"; \
+	done; \
+	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; exit $$failed
 weights: $(VENV)/installed
 	$(PY) -m training.totalsegmentator --out $(TS)
 	$(PY) -m training.prepare --dataset $(TS) --out build/ts_cache --coarse-crops 12 --fine-crops 12
-	pids=; for stage in coarse fine; do \
-	    OMP_NUM_THREADS=$(STAGE_THREADS) $(PY) -m training --resume \
-	        --config training/configs/totalsegmentator_$$stage.toml & pids="$$pids $$!"; \
-	done; \
-	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; exit $$failed
+	$(call both_stages,)
 	$(PY) -m training --resume --config training/configs/totalsegmentator_fine_cubes.toml
 	$(PY) -m training.totalsegmentator --out build/synth_dataset
 	$(PY) -m training.synth --labels data/totalsegmentator/example_seg.nii.gz --out build/synth_dataset --count 16 --seed 0
@@ -74,11 +77,7 @@ weights: $(VENV)/installed
 	$(PY) -m training.totalsegmentator --out $(ALL) --held-out none
 	$(PY) -m training.synth --labels data/totalsegmentator/example_seg.nii.gz --out $(ALL) --count 16 --seed 0
 	$(PY) -m training.prepare --dataset $(ALL) --out build/all_cache --coarse-crops 8 --fine-crops 8
-	pids=; for stage in coarse fine; do \
-	    OMP_NUM_THREADS=$(STAGE_THREADS) $(PY) -m training --resume \
-	        --config training/configs/totalsegmentator_$${stage}_all.toml & pids="$$pids $$!"; \
-	done; \
-	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; exit $$failed
+	$(call both_stages,_all)
 	$(PY) -m export --checkpoint build/ts_all/coarse/last.pt build/ts_all/fine/last.pt --out weights
 
 # The fp16 graphs the GPU image runs, derived from the fp32 graphs git stores (byte-identical
@@ -106,10 +105,8 @@ weights-report: $(VENV)/installed
 	cp $(DATA)/imagesTr/patient*_0000.nii.gz $(REAL)/images/ && cp $(DATA)/labelsTr/patient*.nii.gz $(REAL)/labels/
 	$(PY) -m inference -i $(REAL)/images -o build/ts_eval/pred --weights $(WEIGHTS)
 	$(PY) benchmarks/evaluate.py --pred build/ts_eval/pred --gt $(REAL)/labels --out build/ts_eval/training
-	if [ -n "$$(ls $(DATA)/imagesTs)" ]; then \
-	    $(PY) -m inference -i $(DATA)/imagesTs -o build/ts_eval/pred --weights $(WEIGHTS) && \
-	    $(PY) benchmarks/evaluate.py --pred build/ts_eval/pred --gt $(DATA)/labelsTs --out build/ts_eval/held_out; \
-	fi
+	$(if $(wildcard $(DATA)/imagesTs/*),$(PY) -m inference -i $(DATA)/imagesTs -o build/ts_eval/pred --weights $(WEIGHTS))
+	$(if $(wildcard $(DATA)/imagesTs/*),$(PY) benchmarks/evaluate.py --pred build/ts_eval/pred --gt $(DATA)/labelsTs --out build/ts_eval/held_out)
 	$(if $(FOLD),$(PY) -m inference -i $(TS)/imagesTs -o build/ts_eval/fold_pred --weights $(FOLD))
 	$(if $(FOLD),$(PY) benchmarks/evaluate.py --pred build/ts_eval/fold_pred --gt $(TS)/labelsTs --out build/ts_eval/fold)
 	$(if $(UNSEEN),$(PY) -m training.synth --labels data/totalsegmentator/example_seg.nii.gz \

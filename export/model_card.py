@@ -252,19 +252,21 @@ def model_card(
 ) -> str:
     """The card's text. References without a prediction (the synthetic training cases, which
     ``make weights-report`` does not segment) get no table. ``previous``: the per_case.csv of
-    the weights these replace, shown as a column. ``fold``: the dataset of the leave-one-out
-    fold, whose held-out patients are scored in ``evaluation/fold``."""
+    the weights these replace, shown as a column (not in the fold's tables, which are other
+    weights). ``fold``: the dataset of the leave-one-out fold, whose held-out patients are
+    scored in ``evaluation/fold``; ``synthetic``: a dataset of synthetic CTs no training drew,
+    scored in ``evaluation/synthetic``."""
     manifest = json.loads((weights / "manifest.json").read_text())
     before = _scores(previous) if previous else {}
     sections, results = [], {"training": {}, "held_out": {}, "fold": {}}
     parts = [
-        ("Training patient", dataset / "labelsTr", "training", "pred"),
-        ("Held-out patient", dataset / "labelsTs", "held_out", "pred"),
+        ("Training patient", dataset / "labelsTr", "training", "pred", before),
+        ("Held-out patient", dataset / "labelsTs", "held_out", "pred", before),
     ]
     if fold is not None:
         title = "Leave-one-patient-out fold, held out"
-        parts.append((title, fold / "labelsTs", "fold", "fold_pred"))
-    for title, labels, scores_dir, predictions in parts:
+        parts.append((title, fold / "labelsTs", "fold", "fold_pred", {}))
+    for title, labels, scores_dir, predictions, old_scores in parts:
         references = sorted(labels.glob("*.nii.gz"))
         if not references:  # every patient trained on: no held-out table
             continue
@@ -274,7 +276,7 @@ def model_card(
             prediction = evaluation / predictions / reference.name
             if case.startswith(SYNTHETIC_PREFIX) and not prediction.exists():
                 continue
-            old = before.get(case, {}) if scores_dir != "fold" else {}
+            old = old_scores.get(case, {})
             table, dsc, ratios = _table(reference, prediction, scores.get(case, {}), old)
             sections.append(f"### {title}: {case}\n\n{table}")
             results[scores_dir][case] = (dsc, ratios)
