@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench weights weights-report gpu-weights gpu-kit clean
+.PHONY: demo test test-fast lint bench all-data weights reverse-fold weights-report gpu-weights \
+	gpu-kit clean
 
 # make demo installs the runtime alone (what the CPU container holds, and Pillow for its picture:
 # about 660 MB); the other targets the development set (torch, onnx, pytest, ...: about 1.9 GB).
@@ -64,7 +65,15 @@ both_stages = pids=; for stage in coarse fine; do \
 	        --config training/configs/totalsegmentator_$${stage}$(1).toml & pids="$$pids $$!"; \
 	done; \
 	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; exit $$failed
-weights: $(VENV)/installed
+# Every labelled case in one dataset and cache: patients A and B and 16 CTs synthesised from
+# patient A's label map. The last step of `weights` trains on all of it; `reverse-fold` on all
+# but patient A.
+all-data: $(VENV)/installed
+	$(PY) -m training.totalsegmentator --out $(ALL) --held-out none
+	$(PY) -m training.synth --labels data/totalsegmentator/example_seg.nii.gz --out $(ALL) --count 16 --seed 0
+	$(PY) -m training.prepare --dataset $(ALL) --out build/all_cache --coarse-crops 8 --fine-crops 8
+
+weights: all-data
 	$(PY) -m training.totalsegmentator --out $(TS)
 	$(PY) -m training.prepare --dataset $(TS) --out build/ts_cache --coarse-crops 12 --fine-crops 12
 	$(call both_stages,)
@@ -74,11 +83,19 @@ weights: $(VENV)/installed
 	$(PY) -m training.prepare --dataset build/synth_dataset --out build/synth_cache --coarse-crops 8 --fine-crops 8
 	$(PY) -m training --resume --config training/configs/totalsegmentator_coarse_cubes.toml
 	$(PY) -m export --checkpoint build/ts_cubes/coarse/last.pt build/ts_cubes/fine/last.pt --out $(FOLD)
-	$(PY) -m training.totalsegmentator --out $(ALL) --held-out none
-	$(PY) -m training.synth --labels data/totalsegmentator/example_seg.nii.gz --out $(ALL) --count 16 --seed 0
-	$(PY) -m training.prepare --dataset $(ALL) --out build/all_cache --coarse-crops 8 --fine-crops 8
 	$(call both_stages,_all)
 	$(PY) -m export --checkpoint build/ts_all/coarse/last.pt build/ts_all/fine/last.pt --out weights
+
+# The other leave-one-patient-out fold: patient A's CT held out, trained on patient B and the
+# synthetic CTs (painted from patient A's label map: A's anatomy is not held out), 1600 patch
+# iterations of each stage side by side and 60 on whole cubes (about two and a half hours on two
+# cores), into $(REVERSE); `weights-report` then scores it on patient A.
+REVERSE := build/reverse_weights
+reverse-fold: all-data
+	$(call both_stages,_reverse)
+	$(call both_stages,_reverse_cubes)
+	$(PY) -m export --checkpoint build/reverse_cubes/coarse/last.pt build/reverse_cubes/fine/last.pt \
+	    --out $(REVERSE)
 
 # The fp16 graphs the GPU image runs, derived from the fp32 graphs git stores (byte-identical
 # to an export from the training checkpoints; it says so against manifest.json). Before
@@ -92,7 +109,8 @@ gpu-kit: $(VENV)/installed
 	$(PY) benchmarks/gpu_check.py --make-kit build/gpu-kit
 
 # DSC and NSD of WEIGHTS on the real patients of DATA (trained on, and held out if any: a DICOM
-# series), and of the fold's weights FOLD on the patient held out of $(TS), written into
+# series), of the fold's weights FOLD on the patient held out of $(TS) (B), and of the reverse
+# fold's $(REVERSE) on patient A where `make reverse-fold` made them, written into
 # WEIGHTS/MODEL_CARD.md, with 4 synthetic CTs of seeds no training drew ($(UNSEEN)); the
 # synthetic training cases are not scored. FOLD= or UNSEEN= leaves that part out;
 # PREVIOUS=per_case.csv adds the scores of the weights these replace.
@@ -100,6 +118,9 @@ WEIGHTS ?= weights
 DATA ?= $(ALL)
 UNSEEN ?= build/synth_heldout
 REAL := build/ts_eval/real
+FOLDS := build/ts_eval/folds
+# Tested on the inputs: make expands a recipe's lines before it runs the first one.
+REVERSE_MADE = $(wildcard $(REVERSE)/*.onnx)
 weights-report: $(VENV)/installed
 	rm -rf build/ts_eval && mkdir -p $(REAL)/images $(REAL)/labels
 	cp $(DATA)/imagesTr/patient*_0000.nii.gz $(REAL)/images/ && cp $(DATA)/labelsTr/patient*.nii.gz $(REAL)/labels/
@@ -107,14 +128,19 @@ weights-report: $(VENV)/installed
 	$(PY) benchmarks/evaluate.py --pred build/ts_eval/pred --gt $(REAL)/labels --out build/ts_eval/training
 	$(if $(wildcard $(DATA)/imagesTs/*),$(PY) -m inference -i $(DATA)/imagesTs -o build/ts_eval/pred --weights $(WEIGHTS))
 	$(if $(wildcard $(DATA)/imagesTs/*),$(PY) benchmarks/evaluate.py --pred build/ts_eval/pred --gt $(DATA)/labelsTs --out build/ts_eval/held_out)
+	mkdir -p $(FOLDS) build/ts_eval/fold_images
+	$(if $(FOLD),cp $(TS)/labelsTs/*.nii.gz $(FOLDS)/)
 	$(if $(FOLD),$(PY) -m inference -i $(TS)/imagesTs -o build/ts_eval/fold_pred --weights $(FOLD))
-	$(if $(FOLD),$(PY) benchmarks/evaluate.py --pred build/ts_eval/fold_pred --gt $(TS)/labelsTs --out build/ts_eval/fold)
+	$(if $(REVERSE_MADE),cp $(ALL)/labelsTr/patientA.nii.gz $(FOLDS)/ && \
+	    cp $(ALL)/imagesTr/patientA_0000.nii.gz build/ts_eval/fold_images/)
+	$(if $(REVERSE_MADE),$(PY) -m inference -i build/ts_eval/fold_images -o build/ts_eval/fold_pred --weights $(REVERSE))
+	$(if $(FOLD)$(REVERSE_MADE),$(PY) benchmarks/evaluate.py --pred build/ts_eval/fold_pred --gt $(FOLDS) --out build/ts_eval/fold)
 	$(if $(UNSEEN),$(PY) -m training.synth --labels data/totalsegmentator/example_seg.nii.gz \
 	    --out $(UNSEEN) --count 4 --seed 99 --prefix held)
 	$(if $(UNSEEN),$(PY) -m inference -i $(UNSEEN)/imagesTr -o build/ts_eval/synth_pred --weights $(WEIGHTS))
 	$(if $(UNSEEN),$(PY) benchmarks/evaluate.py --pred build/ts_eval/synth_pred --gt $(UNSEEN)/labelsTr --out build/ts_eval/synthetic)
 	$(PY) -m export.model_card --weights $(WEIGHTS) --dataset $(DATA) --eval build/ts_eval \
-	    $(if $(FOLD),--fold $(TS)) $(if $(UNSEEN),--synthetic $(UNSEEN)) $(if $(PREVIOUS),--previous $(PREVIOUS))
+	    $(if $(FOLD)$(REVERSE_MADE),--fold $(FOLDS)) $(if $(UNSEEN),--synthetic $(UNSEEN)) $(if $(PREVIOUS),--previous $(PREVIOUS))
 
 clean:
 	rm -rf $(VENV) build results

@@ -6,9 +6,9 @@ and the scores of ``benchmarks/evaluate.py`` (``make weights-report`` runs all o
 Reads ``WEIGHTS/manifest.json``, the reference labels of the training patients
 (``DATASET/labelsTr``) and of the held-out ones (``DATASET/labelsTs``, if any), the predictions
 in ``EVAL/pred`` and the scores in ``EVAL/{training,held_out}/per_case.csv``. ``--fold
-FOLD_DATASET`` adds the leave-one-patient-out fold: the held-out patients of that dataset
-(``FOLD_DATASET/labelsTs``), segmented by the recipe's weights before its last step on every
-patient (predictions in ``EVAL/fold_pred``, scores in ``EVAL/fold/per_case.csv``);
+LABELS`` adds the leave-one-patient-out folds: each patient whose reference is in that folder,
+segmented by the weights of the fold that held it out (predictions in ``EVAL/fold_pred``,
+scores in ``EVAL/fold/per_case.csv``);
 ``--synthetic DATASET`` the mean DSC per organ on synthetic CTs no training drew (labels in
 ``DATASET/labelsTr``, predictions in ``EVAL/synth_pred``, scores in
 ``EVAL/synthetic/per_case.csv``). An organ
@@ -36,6 +36,15 @@ HELD_OUT_LEAST = {1: 0.90, 2: 0.85, 3: 0.85, 13: 0.85}
 TRAINED_LEAST = 0.93
 VOLUME_TOLERANCE, VOLUME_FLOOR_ML = 0.10, 50.0
 SYNTHETIC_PREFIX = "synth_"  # python -m training.synth's case names
+
+# What each fold's weights are (make weights, make reverse-fold; docs/training.md).
+FOLD_TEXT = {
+    "patientA": "patient A by the reverse fold's weights (`make reverse-fold`), trained on patient"
+    " B and on the synthetic CTs painted from patient A's label map: patient A's CT is held out,"
+    " its anatomy is not",
+    "patientB": "patient B by the recipe's weights before its last step, which trains on every"
+    " patient (`make weights`, the weights in `build/fold_weights`)",
+}
 
 SYNTH_TEXT = """\
 - **{count} synthetic CTs** (training), painted from patient A's TotalSegmentator label map by
@@ -252,10 +261,10 @@ def model_card(
 ) -> str:
     """The card's text. References without a prediction (the synthetic training cases, which
     ``make weights-report`` does not segment) get no table. ``previous``: the per_case.csv of
-    the weights these replace, shown as a column (not in the fold's tables, which are other
-    weights). ``fold``: the dataset of the leave-one-out fold, whose held-out patients are
-    scored in ``evaluation/fold``; ``synthetic``: a dataset of synthetic CTs no training drew,
-    scored in ``evaluation/synthetic``."""
+    the weights these replace, shown as a column (not in the folds' tables, which are other
+    weights). ``fold``: a folder of the reference labels of the patients the leave-one-out
+    folds held out, scored in ``evaluation/fold``; ``synthetic``: a dataset of synthetic CTs
+    no training drew, scored in ``evaluation/synthetic``."""
     manifest = json.loads((weights / "manifest.json").read_text())
     before = _scores(previous) if previous else {}
     sections, results = [], {"training": {}, "held_out": {}, "fold": {}}
@@ -264,8 +273,7 @@ def model_card(
         ("Held-out patient", dataset / "labelsTs", "held_out", "pred", before),
     ]
     if fold is not None:
-        title = "Leave-one-patient-out fold, held out"
-        parts.append((title, fold / "labelsTs", "fold", "fold_pred", {}))
+        parts.append(("Leave-one-patient-out fold, held out", fold, "fold", "fold_pred", {}))
     for title, labels, scores_dir, predictions, old_scores in parts:
         references = sorted(labels.glob("*.nii.gz"))
         if not references:  # every patient trained on: no held-out table
@@ -289,10 +297,11 @@ def model_card(
         if before
         else ""
     )
+    described = [f"{FOLD_TEXT[case]}." for case in results["fold"] if case in FOLD_TEXT]
     fold_note = (
-        "\n\nThe leave-one-patient-out fold: the recipe's weights before its last step, which"
-        " trains on every patient, segment the patient they never saw."
-        if results["fold"]
+        "\n\nThe leave-one-patient-out folds segment each patient with weights that never saw"
+        " its CT:\n" + "\n".join(f"- {line}" for line in described)
+        if described
         else ""
     )
     trained_b = (dataset / "labelsTr" / "patientB.nii.gz").exists()
@@ -317,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", type=Path, default=Path("build/ts_dataset"))
     p.add_argument("--eval", type=Path, default=Path("build/ts_eval"), dest="evaluation")
     p.add_argument("--previous", type=Path, help="per_case.csv of the weights these replace")
-    p.add_argument("--fold", type=Path, help="the dataset of the leave-one-patient-out fold")
+    p.add_argument("--fold", type=Path, help="reference labels of the patients folds held out")
     p.add_argument("--synthetic", type=Path, help="a dataset of synthetic CTs never trained on")
     args = p.parse_args(argv)
     try:

@@ -65,24 +65,25 @@ def test_missing_scores_are_an_error_not_a_card(tmp_path, capsys):
     assert not (tmp_path / "MODEL_CARD.md").exists()
 
 
-def test_weights_trained_on_every_patient_show_the_leave_one_out_fold(tmp_path):
-    # The final weights trained on both patients: no held-out table of their own; the fold's
-    # weights (before the last step) scored on the patient they never saw stand in for it.
-    dataset, fold, evaluation = tmp_path / "all", tmp_path / "fold", tmp_path / "eval"
+def test_weights_trained_on_every_patient_show_both_leave_one_out_folds(tmp_path):
+    # The final weights trained on both patients: no held-out table of their own; each fold's
+    # weights scored on the patient they never saw stand in for it.
+    dataset, folds, evaluation = tmp_path / "all", tmp_path / "folds", tmp_path / "eval"
     weights = tmp_path / "weights"
     ref = np.zeros((20, 20, 20), np.uint8)
     ref[2:12, 2:12, 2:12] = 1
     for case in ("patientA", "patientB"):
         write(ref, dataset / "labelsTr" / f"{case}.nii.gz")
         write(ref, evaluation / "pred" / f"{case}.nii.gz")
+        write(ref, folds / f"{case}.nii.gz")
     (dataset / "labelsTs").mkdir()
-    write(ref, fold / "labelsTs" / "patientB.nii.gz")
     half = ref.copy()
     half[2:12, 2:12, 2:7] = 0
     write(half, evaluation / "fold_pred" / "patientB.nii.gz")
+    write(ref, evaluation / "fold_pred" / "patientA.nii.gz")
     for kind, pred, gt in (
         ("training", "pred", dataset / "labelsTr"),
-        ("fold", "fold_pred", fold / "labelsTs"),
+        ("fold", "fold_pred", folds),
     ):
         argv = ["--pred", str(evaluation / pred), "--gt", str(gt), "--out", str(evaluation / kind)]
         assert evaluate_main(argv) == 0
@@ -90,7 +91,7 @@ def test_weights_trained_on_every_patient_show_the_leave_one_out_fold(tmp_path):
     (weights / "manifest.json").write_text(json.dumps({"training": {}}))
 
     argv = ["--weights", str(weights), "--dataset", str(dataset), "--eval", str(evaluation)]
-    assert main([*argv, "--fold", str(fold)]) == 0
+    assert main([*argv, "--fold", str(folds)]) == 0
     card = (weights / "MODEL_CARD.md").read_text()
     assert "- **patient B** (training)" in card and "Held-out patient" not in card
     fold_table = card.split("### Leave-one-patient-out fold, held out: patientB", 1)[1]
@@ -98,6 +99,15 @@ def test_weights_trained_on_every_patient_show_the_leave_one_out_fold(tmp_path):
     assert "- patientB (trained on): DSC ≥ 0.93 for liver, spleen and kidneys in view: met" in card
     assert "- patientB in the fold (held out): DSC ≥ 0.90 liver, ≥ 0.85 spleen and kidneys" in card
     assert "missed for liver 0.667 < 0.9." in card
+    met = "DSC ≥ 0.90 liver, ≥ 0.85 spleen and kidneys, those in view: met."
+    assert f"- patientA in the fold (held out): {met}" in card
+    # Each fold says whose weights segmented it; the reverse fold that A's anatomy was trained on.
+    note = card.split("with weights that never saw its CT:\n", 1)[1].split("\n\n", 1)[0]
+    assert (
+        note.startswith("- patient A by the reverse fold's weights")
+        and "its anatomy is not" in note
+    )
+    assert note.count("\n- ") == 1 and "- patient B by the recipe's weights" in note
 
 
 def test_unseen_synthetic_cts_get_a_mean_dsc_per_organ_over_the_cases_that_hold_it(tmp_path):

@@ -23,7 +23,7 @@ from tests.helpers import ROOT
 from tests.training.test_prepare import make_dataset
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig, add_arguments, command, from_args, from_dict
-from training.data import CacheSet
+from training.data import CacheSet, oversampling, split
 from training.distributed import Process, draw_epoch, shard
 from training.prepare import main as prepare_main
 from training.train import main, validate
@@ -298,7 +298,15 @@ def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(
 
 
 @pytest.mark.parametrize(
-    "name", ["flare22_coarse", "flare22_fine", "totalsegmentator_coarse", "totalsegmentator_fine"]
+    "name",
+    [
+        "flare22_coarse",
+        "flare22_fine",
+        "totalsegmentator_coarse",
+        "totalsegmentator_fine",
+        "totalsegmentator_coarse_reverse",
+        "totalsegmentator_fine_reverse",
+    ],
 )
 def test_shipped_configs_parse(name):
     cfg = from_args(argparse.Namespace(config=ROOT / "training" / "configs" / f"{name}.toml"))
@@ -318,6 +326,8 @@ def test_shipped_configs_parse(name):
         "totalsegmentator_coarse_cubes",
         "totalsegmentator_coarse_all",
         "totalsegmentator_fine_all",
+        "totalsegmentator_fine_reverse",
+        "totalsegmentator_coarse_reverse_cubes",
     ],
 )
 def test_the_recorded_training_command_replays_the_config(name):
@@ -365,6 +375,36 @@ def test_the_last_step_on_every_patient_goes_on_from_the_folds_networks(stage):
     other = "fine" if stage == "coarse" else "coarse"
     pair = from_args(argparse.Namespace(config=configs / f"totalsegmentator_{other}_all.toml"))
     assert pair.run_dir.parent == last.run_dir.parent and pair.cache == last.cache
+
+
+@pytest.mark.parametrize("stage", ["coarse", "fine"])
+def test_the_reverse_fold_never_trains_on_patient_a(stage):
+    configs = ROOT / "training" / "configs"
+    patches = from_args(
+        argparse.Namespace(config=configs / f"totalsegmentator_{stage}_reverse.toml")
+    )
+    cubes = from_args(
+        argparse.Namespace(config=configs / f"totalsegmentator_{stage}_reverse_cubes.toml")
+    )
+    every = from_args(argparse.Namespace(config=configs / f"totalsegmentator_{stage}_all.toml"))
+    # The cache of every labelled case, patient A in no training sample of either step.
+    cases = ["patientA", "patientB"] + [f"synth_{i:03d}" for i in range(16)]
+    for cfg in (patches, cubes):
+        assert cfg.cache == every.cache
+        train_cases, val_cases = split(cases, list(cfg.val_cases) or cfg.val_fraction, cfg.seed)
+        assert val_cases == ["patientA"] and not cfg.val_every
+        assert "patientA" not in train_cases
+        assert oversampling(cfg.oversample, train_cases) == {"patientB": 16}
+    assert patches.patch_size and not cubes.patch_size and not cubes.adversarial
+    assert cubes.init == str(patches.run_dir / "last.pt") and cubes.stage == patches.stage
+    assert cubes.revive_dead_organs == (stage == "coarse")  # as in the other fold
+    # Its own folders (make reverse-fold exports both stages of the cube step from one).
+    assert patches.run_dir.parent != every.run_dir.parent != cubes.run_dir.parent
+    other = "fine" if stage == "coarse" else "coarse"
+    pair = from_args(
+        argparse.Namespace(config=configs / f"totalsegmentator_{other}_reverse_cubes.toml")
+    )
+    assert pair.run_dir.parent == cubes.run_dir.parent
 
 
 def test_every_setting_has_its_help_and_default_in_help(capsys):
