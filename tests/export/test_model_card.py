@@ -51,6 +51,11 @@ def test_the_card_shows_scores_volumes_and_targets(tmp_path):
         in card
     )
     assert "synth_000" not in card and "**1 synthetic CTs**" in card
+    # The ablation: one row a change, four cells each (a "|" inside a cell would break it).
+    ablation = card.split("## How the recipe was chosen", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in ablation.splitlines() if line.startswith("| ")]
+    assert rows[0] == "| question | compared | measured | kept |" and len(rows) >= 6
+    assert all(row.count(" | ") == 3 and row.endswith(" |") for row in rows)
 
     # The weights these replace, as a column.
     assert main([*argv, "--previous", str(evaluation / "training" / "per_case.csv")]) == 0
