@@ -111,7 +111,7 @@ Volumes as predicted:reference. docs/training.md has each run's full table and c
 - Two real patients, one of them a 20-slice slab (synthetic CTs, where used, vary patient A's
   intensities and resolution, not its shape). Expect errors on other bodies, other scanners
   and pathology (tumours, missing organs); the held-out figures above are one slab of one
-  patient.
+  patient and one CT whose anatomy was trained on (patient A in the reverse fold).
 - The reference labels are another model's predictions (TotalSegmentator), not FLARE22's
   manual labels: the figures measure agreement with that model. Two of its own models agree
   with each other at 0.96-0.98 DSC on liver, spleen and kidneys and 0.81-0.87 on pancreas
