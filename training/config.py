@@ -43,7 +43,9 @@ class TrainConfig:
     batch_labelled: int = 4  # labelled images per step, per process
     batch_unlabelled: int = 2  # unlabelled images per adversarial step, per process
     lr: float = 1e-3  # the generator's Adam learning rate ...
-    lr_halve_epoch: int = 200  # ... halved from this epoch on
+    lr_halve_epoch: int = 200  # ... halved from this epoch on ("halve"), or
+    # "poly": lr x (1 - epoch / epochs)^0.9 each epoch, nnU-Net's decay towards 0 at the end.
+    lr_schedule: str = "halve"
     betas: tuple[float, float] = (0.9, 0.99)  # Adam's betas, both networks
     disc_lr: float = 1e-4  # the discriminator's learning rate
     amp: bool = True  # fp16 autocast on a GPU

@@ -354,11 +354,21 @@ def train_step(run: Run, draws: EpochDraws, it: int, step: int) -> dict:
     return row
 
 
+LR_SCHEDULES = ("halve", "poly")
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    """The generator's learning rate through ``epoch`` under ``cfg.lr_schedule``."""
+    if cfg.lr_schedule == "poly":
+        return cfg.lr * (1 - epoch / cfg.epochs) ** 0.9
+    return cfg.lr * (0.5 if epoch >= cfg.lr_halve_epoch else 1.0)
+
+
 def train_epoch(run: Run, epoch: int) -> None:
     """This process's iterations of ``epoch``, each a row of its log."""
     cfg = run.cfg
     draws = draw_epoch(cfg.seed, epoch, run.proc, (len(run.data.train), len(run.data.unlabelled)))
-    lr = cfg.lr * (0.5 if epoch >= cfg.lr_halve_epoch else 1.0)
+    lr = learning_rate(cfg, epoch)
     for group in run.t.optimizer.param_groups:
         group["lr"] = lr
     for it in range(run.iters):
@@ -461,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configuration.from_args(args)
         if cfg.stage not in STAGES:
             raise ConfigError(f"--stage must be coarse or fine, not {cfg.stage!r}")
+        if cfg.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be halve or poly, not {cfg.lr_schedule!r}")
         train(cfg, args.resume, args.stop_after)
     except (TrainingError, ConfigError, CacheError, CheckpointError, SpecError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # anything else is a bug: its traceback shows

@@ -3,6 +3,7 @@
 import argparse
 import csv
 import dataclasses
+import itertools
 import json
 import re
 import shlex
@@ -26,7 +27,7 @@ from training.config import TrainConfig, add_arguments, command, from_args, from
 from training.data import CacheSet, oversampling, split
 from training.distributed import Process, draw_epoch, shard
 from training.prepare import main as prepare_main
-from training.train import main, validate
+from training.train import learning_rate, main, validate
 
 TINY = [
     "--input-size",
@@ -284,6 +285,8 @@ def test_expected_errors_are_one_line_and_bugs_keep_their_traceback(
     assert capsys.readouterr().err.startswith("error: input_size 33")
     assert train(cache, tmp_path, "--stage", "coarse", "--oversample", "nobody=2") == 2
     assert capsys.readouterr().err.startswith("error: oversample 'nobody=2': no training case")
+    assert train(cache, tmp_path, "--stage", "coarse", "--lr-schedule", "cosine") == 2
+    assert capsys.readouterr().err.startswith("error: --lr-schedule must be halve or poly")
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = [")
     assert main(["--config", str(bad)]) == 2
@@ -328,6 +331,7 @@ def test_shipped_configs_parse(name):
         "totalsegmentator_fine_all",
         "totalsegmentator_fine_reverse",
         "totalsegmentator_coarse_reverse_cubes",
+        "ablation_fine_poly",
     ],
 )
 def test_the_recorded_training_command_replays_the_config(name):
@@ -405,6 +409,31 @@ def test_the_reverse_fold_never_trains_on_patient_a(stage):
         argparse.Namespace(config=configs / f"totalsegmentator_{other}_reverse_cubes.toml")
     )
     assert pair.run_dir.parent == cubes.run_dir.parent
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("ablation_fine_dice_only", {"bce_weight": 0.0}),
+        ("ablation_fine_poly", {"lr_schedule": "poly"}),
+    ],
+)
+def test_an_ablation_run_changes_one_setting_of_the_reverse_folds_patch_step(name, change):
+    configs = ROOT / "training" / "configs"
+    base = from_args(argparse.Namespace(config=configs / "totalsegmentator_fine_reverse.toml"))
+    cfg = from_args(argparse.Namespace(config=configs / f"{name}.toml"))
+    # Its own folder, so the baseline's checkpoint (scored with it) stays.
+    assert cfg.run_dir != base.run_dir and cfg.run_dir.parent.name == name.replace("_fine", "")
+    assert dataclasses.replace(cfg, out=base.out) == dataclasses.replace(base, **change)
+
+
+def test_the_learning_rate_schedules():
+    halve = TrainConfig(lr=1e-3, epochs=16, lr_halve_epoch=12)
+    assert [learning_rate(halve, e) for e in (0, 11, 12, 15)] == [1e-3, 1e-3, 5e-4, 5e-4]
+    poly = dataclasses.replace(halve, lr_schedule="poly")
+    rates = [learning_rate(poly, e) for e in range(16)]
+    assert rates[0] == 1e-3 and all(a > b > 0 for a, b in itertools.pairwise(rates))
+    assert rates[-1] == pytest.approx(1e-3 * (1 / 16) ** 0.9)
 
 
 def test_every_setting_has_its_help_and_default_in_help(capsys):
