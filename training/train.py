@@ -472,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.stage not in STAGES:
             raise ConfigError(f"--stage must be coarse or fine, not {cfg.stage!r}")
         if cfg.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"--lr-schedule must be halve or poly, not {cfg.lr_schedule!r}")
+            known = " or ".join(LR_SCHEDULES)
+            raise ConfigError(f"--lr-schedule must be {known}, not {cfg.lr_schedule!r}")
         train(cfg, args.resume, args.stop_after)
     except (TrainingError, ConfigError, CacheError, CheckpointError, SpecError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)  # anything else is a bug: its traceback shows
