@@ -428,7 +428,9 @@ def test_an_ablation_run_changes_one_setting_of_the_reverse_folds_patch_step(fla
     # Its own folder, so the baseline's checkpoint (scored with it) stays.
     assert cfg.run_dir != base.run_dir
     assert dataclasses.replace(cfg, out=base.out) == dataclasses.replace(base, **change)
-    assert f"--config $base {' '.join(flags)}" in (ROOT / "docs" / "training.md").read_text()
+    assert f"--config $base {' '.join(flags)}" in (ROOT / "docs" / "training.md").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_the_learning_rate_schedules():
