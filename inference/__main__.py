@@ -17,44 +17,39 @@ SIGINT: the run ends within seconds, leaves no partial file, exits 143 or 130.
 """
 
 import argparse
+import atexit
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 import numpy as np
 import onnxruntime as ort
-import SimpleITK as sitk
 
-from .io import (
-    Geometry,
-    Header,
-    InputError,
-    case_name,
-    find_inputs,
-    hu_array,
-    read_ct,
-    read_header,
-    write_labels,
-)
+from .discovery import scan_inputs, shown
+from .io import Geometry, Header, InputError, case_name, write_labels
 from .memory import memory_error
 from .openvino_stage import CPU_ENGINES
 from .pipeline import ORT_ERRORS, DeviceError, Result, Segmenter
 from .plan import Case, PlanError, plan_batch, prepare_output_folder
-from .plausibility import plausibility_warnings
+from .reader import Reader, Volume
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
 
 log = logging.getLogger("inference")
 # The seconds of each step in a --timings record; their sum is its "total".
 TIMING_KEYS = ("read", "coarse", "region", "fine", "post", "write")
+T = TypeVar("T")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -102,16 +97,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @dataclass
 class Loaded:
-    """A case read and checked: its image, HU array, read seconds and plausibility warnings."""
+    """A case read and checked (``inference.reader.Volume``) and the seconds reading took."""
 
-    image: sitk.Image  # holds the voxels: ``volume`` is a view of them
-    volume: np.ndarray
+    case: Volume
     seconds: float
-    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def volume(self) -> np.ndarray:
+        return self.case.volume
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.case.warnings
 
     @property
     def geometry(self) -> Geometry:
-        return Geometry.of(self.image)
+        c = self.case
+        return Geometry(c.size, c.spacing, c.origin, c.direction)
+
+
+_shared_reader: Reader | None = None
+
+
+def shared_reader() -> Reader:
+    """One reader process for the calls that bring none (benchmarks, tests), ended at exit."""
+    global _shared_reader
+    if _shared_reader is None:
+        _shared_reader = Reader()
+        atexit.register(_shared_reader.close)
+    return _shared_reader
 
 
 def read_case(
@@ -119,21 +133,18 @@ def read_case(
     network_sides: tuple[int, ...] = (),
     header: Header | None = None,
     engine: str = "onnxruntime",
+    reader: Reader | None = None,
 ) -> Loaded:
-    """Read a case; raises InputError for a bad input or one that would not fit in memory
-    (judged from its header before the voxels are read, when ``network_sides`` is given, for
-    the networks on ``engine``). ``header``: the one planning read, if any."""
+    """Read a case in the reader process; raises InputError for a bad input or one that
+    would not fit in memory (judged from its header before the voxels are read, when
+    ``network_sides`` is given, for the networks on ``engine``). ``header``: the one planning
+    read, if any."""
+    reader = reader or shared_reader()
     start = time.perf_counter()
-    try:
-        header = header or read_header(path)
-        if network_sides and (reason := memory_error(header, network_sides, engine)):
-            raise InputError(reason)
-        image = read_ct(path, header)
-        volume = hu_array(image, path)
-    except OSError as e:  # e.g. a file removed or made unreadable since the folder was listed
-        raise InputError(f"{path}: cannot read it ({e.strerror or e})") from e
-    warnings = plausibility_warnings(volume, image.GetSpacing())
-    return Loaded(image, volume, time.perf_counter() - start, warnings)
+    header = header or reader.header(path)
+    if network_sides and (reason := memory_error(header, network_sides, engine)):
+        raise InputError(reason)
+    return Loaded(reader.read(path, header), time.perf_counter() - start)
 
 
 def write_case(labels: np.ndarray, geometry: Geometry, output: Path) -> float:
@@ -157,13 +168,14 @@ def timings_record(segmenter: Segmenter, path: Path, loaded: Loaded, result: Res
     }
 
 
-def segment_file(segmenter: Segmenter, path: Path, out_dir: Path) -> dict:
+def segment_file(
+    segmenter: Segmenter, path: Path, out_dir: Path, reader: Reader | None = None
+) -> dict:
     """Segment one file and write its labels, one step after another; its timings record."""
-    loaded = read_case(path, segmenter.network_sides, engine=segmenter.engine)
-    result = segmenter.segment(
-        loaded.volume, loaded.image.GetSpacing(), loaded.image.GetDirection()
-    )
-    write = write_case(result.labels, loaded.geometry, out_dir / f"{case_name(path)}.nii.gz")
+    loaded = read_case(path, segmenter.network_sides, engine=segmenter.engine, reader=reader)
+    geometry = loaded.geometry
+    result = segmenter.segment(loaded.volume, geometry.spacing, geometry.direction)
+    write = write_case(result.labels, geometry, out_dir / f"{case_name(path)}.nii.gz")
     record = {**timings_record(segmenter, path, loaded, result), "write": write}
     return {**record, "total": sum(record[k] for k in TIMING_KEYS)}
 
@@ -173,7 +185,8 @@ def describe(e: BaseException) -> str:
     if isinstance(e, MemoryError):
         return "out of memory"
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1]}" if text else type(e).__name__
+    # A library's message can carry a whole buffer: a line stays readable.
+    return f"{type(e).__name__}: {text[-1][:300]}" if text else type(e).__name__
 
 
 class Stopped(BaseException):
@@ -188,45 +201,64 @@ def _raise_stopped(signum: int, frame: FrameType | None) -> None:
     raise Stopped(signum)
 
 
-class Batch:
-    """Runs the cases in order: one I/O thread reads the next case and writes the last while a
-    compute thread runs the networks (ONNX Runtime releases the GIL), so in a batch read and
-    write time is hidden. The calling thread only waits, so a signal reaches it at once."""
+def in_daemon_thread(fn: Callable[..., T], *args: object) -> "Future[T]":
+    """``fn(*args)`` in a thread of its own that does not hold the process open: a stopped
+    batch exits within seconds even while numpy or a network's run cannot be interrupted."""
+    future: Future[T] = Future()
 
-    def __init__(self, segmenter: Segmenter, cases: list[Case], timings: Path | None) -> None:
-        self.segmenter, self.cases, self.timings = segmenter, cases, timings
+    def work() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as e:
+                future.set_exception(e)
+
+    threading.Thread(target=work, name="compute", daemon=True).start()
+    return future
+
+
+class Batch:
+    """Runs the cases in order: one I/O thread reads the next case (in the reader process)
+    and writes the last while a compute thread runs the networks (ONNX Runtime and OpenVINO
+    release the GIL), so in a batch read and write time is hidden. The calling thread only
+    waits, so a signal reaches it at once."""
+
+    def __init__(
+        self, segmenter: Segmenter, cases: list[Case], timings: Path | None, reader: Reader
+    ) -> None:
+        self.segmenter, self.cases, self.timings, self.reader = segmenter, cases, timings, reader
         self.failed = 0
         self.written = 0
         self.tty = sys.stderr.isatty()
 
     def run(self) -> None:
         io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
-        compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         try:
-            self._loop(io, compute)
+            self._loop(io)
         except BaseException:
-            # Stopped or interrupted: end the networks' run, drop queued reads and writes; the
-            # write under way finishes (its temporary file is renamed or removed).
+            # Stopped or interrupted: end the networks' run and the reader, drop queued reads
+            # and writes; the write under way finishes (its temporary file is renamed or
+            # removed). A compute thread still in numpy is left to the process's exit.
             self.segmenter.stop()
+            self.reader.close()
             io.shutdown(wait=True, cancel_futures=True)
-            compute.shutdown(wait=True, cancel_futures=True)
             raise
         io.shutdown()
-        compute.shutdown()
 
-    def _loop(self, io: ThreadPoolExecutor, compute: ThreadPoolExecutor) -> None:
+    def _read(self, io: ThreadPoolExecutor, case: Case) -> Future:
         sides, engine = self.segmenter.network_sides, self.segmenter.engine
-        first = self.cases[0]
-        reading = io.submit(read_case, first.source, sides, first.header, engine)
+        return io.submit(read_case, case.source, sides, case.header, engine, self.reader)
+
+    def _loop(self, io: ThreadPoolExecutor) -> None:
+        reading = self._read(io, self.cases[0])
         writing: tuple[Future, Case, dict] | None = None
         for n, case in enumerate(self.cases):
             if self.tty:
-                print(f"[{n + 1}/{len(self.cases)}] {case.source.name}", file=sys.stderr)
+                print(f"[{n + 1}/{len(self.cases)}] {shown(case.source.name)}", file=sys.stderr)
             loaded = self._wait_read(reading, case)
             if n + 1 < len(self.cases):
-                after = self.cases[n + 1]
-                reading = io.submit(read_case, after.source, sides, after.header, engine)
-            done = None if loaded is None else self._segment(compute, case, loaded)
+                reading = self._read(io, self.cases[n + 1])
+            done = None if loaded is None else self._segment(case, loaded)
             # The labels are written with the image's geometry alone: its voxels go now, not
             # after the write, which runs while the next case is segmented.
             loaded = None
@@ -248,20 +280,18 @@ class Batch:
             return None
         if loaded.warnings:
             print(
-                f"WARNING {case.source}: does not look like an abdominal CT: "
+                f"WARNING {shown(case.source)}: does not look like an abdominal CT: "
                 f"{'; '.join(loaded.warnings)}; segmented anyway",
                 file=sys.stderr,
             )
         return loaded
 
-    def _segment(
-        self, compute: ThreadPoolExecutor, case: Case, loaded: Loaded
-    ) -> tuple[np.ndarray, Geometry, dict] | None:
+    def _segment(self, case: Case, loaded: Loaded) -> tuple[np.ndarray, Geometry, dict] | None:
         """The case's labels, geometry and timings record; None (and its ERROR line) if it
         failed."""
-        image = loaded.image
-        job = compute.submit(
-            self.segmenter.segment, loaded.volume, image.GetSpacing(), image.GetDirection()
+        geometry = loaded.geometry
+        job = in_daemon_thread(
+            self.segmenter.segment, loaded.volume, geometry.spacing, geometry.direction
         )
         try:
             result = job.result()
@@ -269,7 +299,7 @@ class Batch:
             self._error(f"{case.source}: segmentation failed ({describe(e)})", e)
             return None
         record = timings_record(self.segmenter, case.source, loaded, result)
-        return result.labels, loaded.geometry, record
+        return result.labels, geometry, record
 
     def _finish_write(self, writing: tuple[Future, Case, dict] | None) -> None:
         if writing is None:
@@ -284,8 +314,9 @@ class Batch:
         self.written += 1
         shape = "x".join(map(str, record["shape"]))
         print(
-            f"done {case.output.name}: {shape} voxels (z, y, x), roi from {record['roi_source']}, "
-            f"{record['total']:.1f} s [{self.written + self.failed}/{len(self.cases)}]",
+            f"done {shown(case.output.name)}: {shape} voxels (z, y, x), roi from "
+            f"{record['roi_source']}, {record['total']:.1f} s "
+            f"[{self.written + self.failed}/{len(self.cases)}]",
             file=sys.stderr,
         )
         if self.timings:
@@ -294,7 +325,7 @@ class Batch:
 
     def _error(self, line: str, e: BaseException | None = None) -> None:
         self.failed += 1
-        print(f"ERROR {line}", file=sys.stderr)
+        print(f"ERROR {shown(line)}", file=sys.stderr)
         if e is not None and not isinstance(e, OSError | InputError):
             log.info("".join(traceback.format_exception(e)).rstrip())  # -v shows the cause
 
@@ -327,40 +358,51 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, batches: list[Batch]) -> int:
     if not args.input.is_dir():
-        print(f"error: {args.input}: not a folder", file=sys.stderr)
+        print(f"error: {shown(args.input)}: not a folder", file=sys.stderr)
         return 2
-    inputs = find_inputs(args.input)
-    try:
-        plan = plan_batch(inputs, args.output)
-        if plan.cases or plan.errors:
-            prepare_output_folder(args.output)
-    except PlanError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for path in plan.skipped:
-        log.info("%s: skipped, a label map written by this tool", path)
-    if not plan.cases and not plan.errors:
-        ours = f" ({len(plan.skipped)} of our own label maps skipped)" if plan.skipped else ""
-        print(
-            f"error: {args.input}: no input images (*.nii.gz, *.nii, *.mha, *.mhd, *.nrrd, "
-            f"*.nhdr or DICOM folders){ours}",
-            file=sys.stderr,
-        )
-        return 2
-    for line in plan.errors:
-        print(f"ERROR {line}", file=sys.stderr)
-    if not plan.cases:
-        return 1
-    try:
-        segmenter = Segmenter(args.weights, args.device, cpu_engine=args.cpu_engine)
-    except (DeviceError, OSError, ValueError, *ORT_ERRORS) as e:  # e.g. a corrupt graph file
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    batch = Batch(segmenter, plan.cases, args.timings)
-    batches.append(batch)
-    batch.run()
+    # The networks load while the inputs are planned (the reader process reads the headers).
+    loading = in_daemon_thread(Segmenter, args.weights, args.device, None, args.cpu_engine)
+    with Reader() as reader:
+        scan = scan_inputs(args.input)
+        for path, why in scan.skipped:
+            print(f"WARNING {shown(path)}: {why}", file=sys.stderr)
+        try:
+            plan = plan_batch(scan.cases, args.output, reader)
+            if plan.cases or plan.errors:
+                prepare_output_folder(args.output)
+        except PlanError as e:
+            print(f"error: {shown(e)}", file=sys.stderr)
+            return 2
+        for path in plan.skipped:
+            log.info("%s: skipped, a label map written by this tool", shown(path))
+        if not plan.cases and not plan.errors:
+            ours = f" ({len(plan.skipped)} of our own label maps skipped)" if plan.skipped else ""
+            print(
+                f"error: {shown(args.input)}: no input images (*.nii.gz, *.nii, *.mha, *.mhd, "
+                f"*.nrrd, *.nhdr or DICOM folders){ours}",
+                file=sys.stderr,
+            )
+            return 2
+        for line in plan.errors:
+            print(f"ERROR {shown(line)}", file=sys.stderr)
+        if not plan.cases:
+            return 1
+        try:
+            segmenter = loading.result()
+        except (DeviceError, OSError, ValueError, *ORT_ERRORS) as e:  # e.g. a corrupt graph
+            print(f"error: {shown(e)}", file=sys.stderr)
+            return 2
+        batch = Batch(segmenter, plan.cases, args.timings, reader)
+        batches.append(batch)
+        batch.run()
     return 1 if batch.failed or plan.errors else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        # Stopped: a compute thread may still be inside numpy, which no signal interrupts.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

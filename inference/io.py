@@ -4,17 +4,29 @@ import gzip
 import math
 import os
 import struct
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+from .discovery import SUFFIXES, find_inputs, is_dicom_file
+from .errors import InputError
+from .headers import byte_order_error, check_file, check_rotation
+
+__all__ = ["SUFFIXES", "InputError", "find_inputs"]  # kept here for the callers of old
+
 MAX_SPACING_MM = 100.0  # no CT has voxels a decimetre deep: such a header is broken
-# How deep below the input folder DICOM series are looked for: patient/study/series is 3.
-MAX_DICOM_DEPTH = 4
+# No CT scanner makes more voxels than this (512 x 512 x 2048; 1024 x 1024 x 512): a header
+# declaring more is broken or hostile, and the pipeline's memory grows with it.
+MAX_VOXELS = 2**29
+# Slices whose spacing differs from the series' median by more than this fraction are a gap
+# (a missing slice) or a fold (a duplicate).
+SLICE_SPACING_TOLERANCE = 0.05
 # Written into the NIfTI header's description of every label map we write, so that a later
 # run over a folder holding both CTs and our outputs skips the outputs instead of segmenting
 # them (or calling them a clash with the CT they came from).
@@ -32,51 +44,10 @@ _BYTES = {
 }
 
 
-class InputError(ValueError):
-    """An input that cannot be segmented; the message names the file and the reason."""
-
-
-def is_image_file(path: Path) -> bool:
-    return path.name.lower().endswith(SUFFIXES) and path.is_file()
-
-
 def dicom_series(folder: Path) -> list[str]:
-    """Series instance UIDs of the DICOM files directly in ``folder``."""
-    # GDCM warns on stderr for every folder without DICOM: such folders are simply not cases.
-    if not any(p.is_file() and not p.name.lower().endswith(SUFFIXES) for p in folder.iterdir()):
-        return []  # only images (or nothing): no need to ask GDCM, which is slower
-    warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings)
-
-
-def find_inputs(folder: Path) -> list[Path]:
-    """The cases in ``folder``, sorted: its image files and the folders holding DICOM.
-
-    ``folder`` itself is one case when it holds a DICOM series. Otherwise image files count
-    directly in it, and DICOM folders at any depth up to ``MAX_DICOM_DEPTH`` (the common
-    patient/study/series export); folders without DICOM are passed over, and nothing below a
-    DICOM folder is searched. Hidden entries are skipped.
-    """
-    if dicom_series(folder):
-        return [folder]
-    found = [p for p in folder.iterdir() if not p.name.startswith(".") and is_image_file(p)]
-    return sorted(found + _dicom_folders(folder, MAX_DICOM_DEPTH))
-
-
-def _dicom_folders(folder: Path, depth: int) -> list[Path]:
-    found = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_dir():
-            continue
-        if dicom_series(p):
-            found.append(p)
-        elif depth > 1:
-            found += _dicom_folders(p, depth - 1)
-    return found
+    """Series instance UIDs of the DICOM files directly in ``folder`` (GDCM: run it in the
+    reader process, ``inference.reader``)."""
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
 def case_name(path: Path) -> str:
@@ -117,27 +88,69 @@ def _itk_reason(e: RuntimeError, default: str = "unreadable") -> str:
     return lines[-1].strip() if lines else default
 
 
-def read_header(path: Path) -> Header:
+def read_header(path: Path, scratch: Path | None = None) -> Header:
     """An input's size and voxel type from its header alone (a DICOM folder: its first slice
-    and the number of slices); ``InputError`` for what is not a 3D scalar image."""
+    and the number of slices); ``InputError`` for what is not a 3D scalar image.
+
+    ``scratch``: a folder for a ``.nii.gz``'s header (a temporary one when None).
+    """
     files: tuple[str, ...] = ()
-    if path.is_dir():
-        series = dicom_series(path)
-        if len(series) != 1:
-            raise InputError(f"{path}: holds {len(series)} DICOM series, expected one")
-        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(files[0] if files else str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise InputError(f"{path}: cannot read image ({_itk_reason(e)})") from e
+    with _scratch(scratch) as tmp:
+        if path.is_dir():
+            files = dicom_files(path)
+            target = Path(files[0])
+        else:
+            target = check_file(path, tmp, data=False)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(target))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as e:
+            raise InputError(f"{path}: cannot read image ({_itk_reason(e)})") from e
     size = reader.GetSize()
-    if files:
+    if len(files) > 1:
         size = (*size[:2], len(files))
+    elif files and (len(size) < 3 or size[2] < 2):  # one file: an enhanced multi-frame CT, or not
+        raise InputError(
+            f"{path}: its one DICOM file {os.path.basename(files[0])} is a single "
+            "slice, not a series"
+        )
     _check_shape(path, len(size), reader.GetNumberOfComponents(), size)
     description = reader.GetMetaData("descrip") if reader.HasMetaDataKey("descrip") else ""
     return Header(path, size, _BYTES.get(reader.GetPixelID(), 8), description, files)
+
+
+@contextmanager
+def _scratch(folder: Path | None) -> Iterator[Path]:
+    if folder is not None:
+        yield folder
+    else:
+        with tempfile.TemporaryDirectory(prefix="flare22-read-") as tmp:
+            yield Path(tmp)
+
+
+def dicom_files(folder: Path) -> tuple[str, ...]:
+    """The slices of the one DICOM series in ``folder``, in order; ``InputError`` when there
+    is no series, more than one, or a DICOM file of the folder is in none (unreadable)."""
+    series = dicom_series(folder)
+    dicom = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom_file(p))
+    if not series:
+        raise InputError(
+            f"{folder}: holds {len(dicom)} DICOM file(s) ({dicom[0].name if dicom else 'none'}"
+            f"{', ...' if len(dicom) > 1 else ''}) but no image series (no pixel data, or a "
+            "transfer syntax the reader does not know)"
+        )
+    if len(series) > 1:
+        raise InputError(f"{folder}: holds {len(series)} DICOM series, expected one")
+    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    listed = {os.path.basename(f) for f in files}
+    left = [p.name for p in dicom if p.name not in listed]
+    if left:
+        raise InputError(
+            f"{folder}: slice {left[0]} is not part of its series (empty, truncated or "
+            f"unreadable{f'; {len(left)} such files' if len(left) > 1 else ''})"
+        )
+    return files
 
 
 def _check_shape(path: Path, dimension: int, components: int, size: tuple[int, ...]) -> None:
@@ -147,27 +160,67 @@ def _check_shape(path: Path, dimension: int, components: int, size: tuple[int, .
         raise InputError(f"{path}: {components} components per voxel, expected a scalar CT")
     if min(size) < 2:
         raise InputError(f"{path}: size {size} has an axis under 2 voxels")
+    if math.prod(size) > MAX_VOXELS:
+        shape = "x".join(str(n) for n in reversed(size))
+        raise InputError(
+            f"{path}: {shape} voxels, more than any CT scanner makes ({MAX_VOXELS}); not read"
+        )
 
 
-def read_ct(path: Path, header: Header | None = None) -> sitk.Image:
+def read_ct(path: Path, header: Header | None = None, scratch: Path | None = None) -> sitk.Image:
     """Read and validate a 3D scalar CT; raises ``InputError`` naming the file and reason.
 
-    ``header`` (from ``read_header``) saves reading the header, or listing a DICOM folder,
-    again.
+    ``header`` (from ``read_header``) saves listing a DICOM folder again; ``scratch``: a folder
+    for a ``.nii.gz``'s decompressed copy (a temporary one when None).
     """
-    header = header or read_header(path)
-    try:
-        if header.dicom_files:
-            image = sitk.ReadImage(list(header.dicom_files))
-        else:
-            image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise InputError(f"{path}: cannot read image ({_itk_reason(e)})") from e
-    check_gzip_complete(path)
+    header = header or read_header(path, scratch)
+    with _scratch(scratch) as tmp:
+        try:
+            if len(header.dicom_files) > 1:
+                image = _read_series(path, header.dicom_files)
+            elif header.dicom_files:  # an enhanced multi-frame CT: its frames are the slices
+                image = sitk.ReadImage(header.dicom_files[0])
+            else:
+                image = sitk.ReadImage(str(check_file(path, tmp)))
+        except RuntimeError as e:
+            raise InputError(f"{path}: cannot read image ({_itk_reason(e)})") from e
     _check_shape(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())
     spacing = image.GetSpacing()
     if not all(math.isfinite(s) and 0 < s <= MAX_SPACING_MM for s in spacing):
         raise InputError(f"{path}: spacing {spacing} mm is not in (0, {MAX_SPACING_MM:g}]")
+    check_rotation(path, np.array(image.GetDirection()).reshape(3, 3), "direction", False)
+    if not all(math.isfinite(o) for o in image.GetOrigin()):
+        raise InputError(f"{path}: its origin is not finite")
+    return image
+
+
+def _read_series(folder: Path, files: tuple[str, ...]) -> sitk.Image:
+    """A DICOM series, refused when its slices are not evenly spaced: a missing slice (a
+    gap) or one position twice (a duplicate) would shift every organ below it."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(files))
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    positions = []
+    for i, f in enumerate(files):
+        try:
+            positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
+        except (RuntimeError, ValueError):
+            raise InputError(f"{folder}: slice {os.path.basename(f)} has no position") from None
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    depth = np.array(positions) @ normal
+    steps = np.diff(depth)
+    if steps.size:
+        typical = float(np.median(np.abs(steps)))
+        for i, step in enumerate(np.abs(steps)):
+            name = os.path.basename(files[i + 1])
+            if step <= SLICE_SPACING_TOLERANCE * typical or typical == 0:
+                raise InputError(f"{folder}: slice {name} repeats the position of the one before")
+            if abs(step - typical) > SLICE_SPACING_TOLERANCE * typical:
+                raise InputError(
+                    f"{folder}: slice {name} is {step:.3g} mm from the one before, the others "
+                    f"{typical:.3g} mm: a slice missing?"
+                )
     return image
 
 
@@ -214,10 +267,13 @@ def check_gzip_complete(path: Path) -> None:
 
 
 def hu_array(image: sitk.Image, path: Path) -> np.ndarray:
-    """The voxels as a ``(z, y, x)`` array; ``InputError`` when any is NaN or infinite."""
+    """The voxels as a ``(z, y, x)`` array; ``InputError`` when any is NaN or infinite, or
+    when they look read in the wrong byte order."""
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise InputError(f"{path}: voxels hold NaN or infinite values")
+    if reason := byte_order_error(array, path):
+        raise InputError(reason)
     return array
 
 
@@ -225,7 +281,8 @@ def write_image(image: sitk.Image, path: Path) -> None:
     """Write ``image`` (gzip-compressed where the format allows); it appears atomically: a
     temporary name, then a rename. Raises OSError naming ``path``."""
     # ITK picks the writer by the name's ending, so the temporary name keeps it.
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}{''.join(path.suffixes)}")
+    # A short name: an output whose name is the longest the file system takes still has one.
+    tmp = path.with_name(f".flare22-partial-{os.getpid()}{''.join(path.suffixes[-2:])}")
     try:
         sitk.WriteImage(image, str(tmp), useCompression=True)
         os.replace(tmp, path)

@@ -30,18 +30,31 @@ ENGINE_BYTES_PER_VOXEL = 1
 ENGINE_NETWORK_BYTES_PER_VOXEL = 310
 
 
+def reader_bytes_per_voxel(bytes_per_voxel: int) -> int:
+    """The reader process's peak per voxel (``inference.reader``): the image in its own type,
+    its int16 copy (none for int16), and for floats the rounded array as well."""
+    if bytes_per_voxel == 2:
+        return 2
+    return 2 * bytes_per_voxel + 2 if bytes_per_voxel >= 4 else bytes_per_voxel + 2
+
+
 def estimated_peak_bytes(
     header: Header, network_sides: tuple[int, ...], engine: str = "onnxruntime"
 ) -> int:
-    """The process's peak memory for one case of ``header``'s size and voxel type, with the
-    networks on ``engine`` ("onnxruntime" or "openvino": ``inference.sessions``)."""
+    """Peak memory for one case of ``header``'s size and voxel type, with the networks on
+    ``engine`` ("onnxruntime" or "openvino": ``inference.sessions``), counted by the working
+    types, not the input's (a uint8 file still costs int16 and more): the larger of reading
+    (the reader process's arrays and the int16 copy this process receives) and segmenting
+    (this process's int16 volume, the pipeline's arrays and the networks)."""
     cube = max(side**3 for side in network_sides)
+    reading = header.voxels * (reader_bytes_per_voxel(header.bytes_per_voxel) + 2)
     if engine == "openvino":
-        int16_copy = 0 if header.bytes_per_voxel == 2 else 2
-        per_voxel = header.bytes_per_voxel + int16_copy + ENGINE_BYTES_PER_VOXEL
-        return ENGINE_NETWORK_BYTES_PER_VOXEL * cube + header.voxels * per_voxel
-    networks = NETWORK_BYTES_PER_VOXEL * cube
-    return networks + header.voxels * (header.bytes_per_voxel + PIPELINE_BYTES_PER_VOXEL)
+        segmenting = ENGINE_NETWORK_BYTES_PER_VOXEL * cube + header.voxels * (
+            2 + ENGINE_BYTES_PER_VOXEL
+        )
+    else:
+        segmenting = NETWORK_BYTES_PER_VOXEL * cube + header.voxels * (2 + PIPELINE_BYTES_PER_VOXEL)
+    return max(reading, segmenting)
 
 
 def available_bytes() -> int | None:

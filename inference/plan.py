@@ -10,8 +10,13 @@ import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .discovery import name_error, shown
 from .io import Header, InputError, case_name, read_header
+
+if TYPE_CHECKING:
+    from .reader import Reader
 
 
 class PlanError(Exception):
@@ -49,15 +54,19 @@ def prepare_output_folder(folder: Path) -> None:
         ) from e
 
 
-def plan_batch(inputs: list[Path], out_dir: Path) -> Plan:
+def plan_batch(inputs: list[Path], out_dir: Path, reader: "Reader | None" = None) -> Plan:
     """Each input's output path; refuses (``PlanError``) any output that is an input or lies
-    inside a DICOM input folder; reports inputs that share a case name and skips our own
-    earlier outputs (``inference.io.OUTPUT_MARK`` in their header)."""
+    inside a DICOM input folder; reports inputs that share a case name or whose name can't
+    give an output file, and skips our own earlier outputs (``inference.io.OUTPUT_MARK`` in
+    their header). Headers are read by ``reader`` (in-process when None: trusted inputs)."""
     plan = Plan()
     by_name: dict[str, list[Path]] = defaultdict(list)
     headers: dict[Path, Header] = {}
     for path in inputs:
-        header = None if path.is_dir() else _header(path)
+        if reason := name_error(path, case_name(path)):
+            plan.errors.append(reason)
+            continue
+        header = None if path.is_dir() else _header(path, reader)
         if header is not None and header.is_our_output:
             plan.skipped.append(path)
             continue
@@ -76,7 +85,7 @@ def plan_batch(inputs: list[Path], out_dir: Path) -> Plan:
         clash = sources.get(real) or inodes.get(_inode(output))
         if clash:
             raise PlanError(
-                f"{clash}: the output {output} would overwrite this input; "
+                f"{shown(clash)}: the output {shown(output)} would overwrite this input; "
                 "choose another output folder (-o)"
             )
         for folder in dicom_folders:
@@ -110,8 +119,8 @@ def _inode(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _header(path: Path) -> Header | None:
+def _header(path: Path, reader: "Reader | None") -> Header | None:
     try:
-        return read_header(path)
-    except InputError:
+        return reader.header(path) if reader is not None else read_header(path)
+    except (InputError, OSError):
         return None  # a bad input is reported when its turn comes

@@ -207,18 +207,19 @@ def test_a_batch_reads_ahead_and_writes_behind_in_order(
     inputs.mkdir()
     for name in ("a_0000.nii.gz", "b_0000.nii.gz", "c_0000.nii.gz"):
         shutil.copy(SAMPLE_CT, inputs / name)
-    read_ct = cli.read_ct
+    read = cli.Reader.read
 
-    def flaky_read(path, *args):  # b becomes unreadable after the folder was listed
+    def flaky_read(self, path, *args):  # b becomes unreadable after the folder was listed
         if path.name.startswith("b_"):
             raise PermissionError(13, "Permission denied")
-        return read_ct(path, *args)
+        return read(self, path, *args)
 
-    monkeypatch.setattr(cli, "read_ct", flaky_read)
+    monkeypatch.setattr(cli.Reader, "read", flaky_read)
     timings = tmp_path / "t.jsonl"
     assert run(small_weights, inputs, outputs, "--timings", str(timings)) == 1
     err = error_lines(capsys.readouterr().err)
-    assert err == [f"ERROR {inputs / 'b_0000.nii.gz'}: cannot read it (Permission denied)"]
+    reason = "PermissionError: [Errno 13] Permission denied"
+    assert err == [f"ERROR {inputs / 'b_0000.nii.gz'}: cannot read it ({reason})"]
     assert sorted(p.name for p in outputs.iterdir()) == ["a.nii.gz", "c.nii.gz"]
     records = [json.loads(line) for line in timings.read_text().splitlines()]
     assert [r["case"] for r in records] == ["a", "c"]
