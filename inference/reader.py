@@ -10,9 +10,9 @@ header and image is therefore read by one long-lived ``python -m inference.reade
 - a read that takes longer than ``READ_TIMEOUT_S`` is killed and reported the same way;
 - its stderr goes to a file, never to the batch's: third-party chatter does not reach the user
   (``-v`` logs it);
-- the voxels come back as int16 HU through a socket into an array the parent allocates: about
-  0.05 s for a FLARE-sized case (docs/runtime.md), no shared-memory segment to leak or outgrow
-  (a container's /dev/shm is 64 MB).
+- the voxels come back as int16 HU through a socket straight into an array the parent
+  allocates (benchmarks/reader.py measures the cost), no shared-memory segment to leak or
+  outgrow (a container's /dev/shm is 64 MB).
 
 The process starts once per batch (about half a second, while the networks load) and is
 killed when the batch ends or is stopped.
@@ -65,6 +65,7 @@ class Reader:
         self._log = self._scratch / "stderr.log"
         self._proc: subprocess.Popen | None = None
         self._conn: Connection | None = None
+        self._sock: socket.socket
         self._lock = threading.Lock()
         self._closed = False
         self._start()
@@ -72,6 +73,7 @@ class Reader:
     def _start(self) -> None:
         if self._conn is not None:
             self._conn.close()
+            self._sock.close()
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))
@@ -94,7 +96,11 @@ class Reader:
                 start_new_session=True,
             )
         theirs.close()
-        self._conn = Connection(ours.detach())
+        # Messages through the connection; the voxels raw through the socket beside it,
+        # straight into the array (the connection would copy them twice).
+        self._sock = ours
+        self._sock.settimeout(self.timeout)
+        self._conn = Connection(os.dup(ours.fileno()))
 
     def header(self, path: Path):
         """``inference.io.read_header(path)``, read in the reader process."""
@@ -121,13 +127,26 @@ class Reader:
                     return reply[1]
                 meta = reply[1]
                 volume = np.empty(meta.pop("shape"), np.int16)
-                self._wait(path)
-                self._conn.recv_bytes_into(memoryview(volume.reshape(-1)).cast("B"))
+                self._receive_into(volume)
                 return Volume(volume, **meta)
-            except (EOFError, OSError, BrokenPipeError) as e:
+            except TimeoutError:
+                self._kill()
+                raise InputError(
+                    f"{path}: reading it took over {self.timeout:g} s; given up"
+                ) from None
+            except (EOFError, OSError) as e:
                 raise InputError(self._died(path, e)) from None
             finally:
                 self._show_chatter()
+
+    def _receive_into(self, volume: np.ndarray) -> None:
+        view = memoryview(volume.reshape(-1)).cast("B")
+        got = 0
+        while got < len(view):
+            n = self._sock.recv_into(view[got:])
+            if n == 0:
+                raise EOFError("the reader closed the socket")
+            got += n
 
     def _receive(self, path: Path):
         self._wait(path)
@@ -186,6 +205,7 @@ class Reader:
             proc.wait()
         if self._conn is not None:
             self._conn.close()
+            self._sock.close()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
     def __enter__(self) -> "Reader":
@@ -198,7 +218,7 @@ class Reader:
 # The reader process's end.
 
 
-def _serve(conn: Connection, scratch: Path) -> None:
+def _serve(conn: Connection, sock: socket.socket, scratch: Path) -> None:
     from .hu import as_int16_hu
     from .io import hu_array, read_ct, read_header
     from .plausibility import plausibility_warnings
@@ -244,7 +264,7 @@ def _serve(conn: Connection, scratch: Path) -> None:
             continue
         conn.send(("ok", meta))
         # ``volume`` may be a view of the image's buffer (int16 input): both live until sent.
-        conn.send_bytes(memoryview(volume).cast("B"))
+        sock.sendall(memoryview(volume).cast("B"))
         del volume, array, image
 
 
@@ -253,7 +273,7 @@ def main() -> None:
     # SIGTERM to the reader alone (a container's stop reaches every process) ends it quietly;
     # the parent reports the stop.
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    _serve(Connection(fd), scratch)
+    _serve(Connection(fd), socket.socket(fileno=os.dup(fd)), scratch)
 
 
 if __name__ == "__main__":
