@@ -77,9 +77,9 @@ def calibration_inputs(weights: Path, cts: list[Path]) -> dict[str, list]:
     feeds: dict[str, list] = {stage: [] for stage in STAGES}
     for ct in cts:
         loaded = read_case(ct)
-        orientation = Orientation.from_direction(loaded.image.GetDirection())
+        orientation = Orientation.from_direction(loaded.geometry.direction)
         hu = orientation.apply(as_int16_hu(loaded.volume))
-        spacing = orientation.spacing(loaded.image.GetSpacing())
+        spacing = orientation.spacing(loaded.geometry.spacing)
         margin = segmenter.fine.info.roi_margin_mm
         box, _ = fine_region(segmenter.coarse.run(hu), hu, spacing, margin)
         feeds["coarse"].append(hu)

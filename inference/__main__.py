@@ -9,11 +9,14 @@ rename) and are marked in their header, so a later run over a folder holding the
 
 Refused before any work (exit 2): an output that would overwrite an input or land inside a
 DICOM input folder; an output folder that can't be created or written; no input images;
-graphs missing or not usable. A case that fails (unreadable, too large for the memory
-available, two inputs with one case name, an error while segmenting or writing) prints
-"ERROR <file>: <reason>", writes nothing, and the others go on: exit 1. An input that does not
-look like an abdominal CT prints "WARNING <file>: ..." and is segmented. Stopped by SIGTERM or
-SIGINT: the run ends within seconds, leaves no partial file, exits 143 or 130.
+graphs missing or not usable. A case that fails (unreadable, corrupt or short data, a header
+or direction that can't be trusted, too large for the memory available, two inputs with one
+case name, a name that can't give an output, a reader that crashed on it, an error while
+segmenting or writing) prints "ERROR <file>: <reason>", writes nothing, and the others go on:
+exit 1. An input that does not look like an abdominal CT prints "WARNING <file>: ..." and is
+segmented; an entry of the folder that is not read prints "WARNING <entry>: skipped: <why>".
+Inputs are read in a child process (inference.reader). Stopped by SIGTERM or SIGINT: the run
+ends within seconds, leaves no partial file, exits 143 or 130.
 """
 
 import argparse

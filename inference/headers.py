@@ -204,10 +204,8 @@ def check_nifti(nii: Path, shown: Path, data: bool = True) -> None:
     _data_size(shown, size - int(offset), nbytes)
     if np.issubdtype(dtype, np.floating):
         endian = "<" if struct.unpack("<i", head[:4])[0] in (348, 540) else ">"
-        data = np.memmap(
-            nii, np.dtype(dtype).newbyteorder(endian), "r", int(offset), nbytes // itemsize
-        )
-        _check_finite(data, shown)
+        typed = np.dtype(dtype).newbyteorder(endian)
+        _check_finite(nii, typed, int(offset), nbytes // itemsize, shown)
 
 
 def nifti1(nii: Path, target: Path, data: bool = True) -> Path:
@@ -258,10 +256,19 @@ def nifti1(nii: Path, target: Path, data: bool = True) -> Path:
     return target
 
 
-def _check_finite(data: np.ndarray, path: Path) -> None:
-    for start in range(0, data.size, CHUNK):
-        if not np.isfinite(data[start : start + CHUNK]).all():
-            raise InputError(f"{path}: voxels hold NaN or infinite values")
+def _check_finite(source: Path, dtype: np.dtype, start: int, count: int, path: Path) -> None:
+    """``InputError`` if any of the ``count`` floats at ``start`` of ``source`` is NaN or
+    infinite; read in chunks (a memory map would hold the whole file in the RSS)."""
+    with open(source, "rb") as f:
+        f.seek(start)
+        left = count
+        while left:
+            chunk = np.fromfile(f, dtype, min(left, CHUNK))
+            if chunk.size == 0:
+                return  # short: the size check says so
+            if not np.isfinite(chunk).all():
+                raise InputError(f"{path}: voxels hold NaN or infinite values")
+            left -= chunk.size
 
 
 # MetaIO (.mha, .mhd)
@@ -364,9 +371,7 @@ def check_metaio(path: Path, data_too: bool = True) -> None:
             msb = fields.get("binarydatabyteordermsb", fields.get("elementbyteordermsb", "false"))
             order = ">" if msb.lower() == "true" else "<"
             count = nbytes // np.dtype(dtype).itemsize
-            _check_finite(
-                np.memmap(data, np.dtype(dtype).newbyteorder(order), "r", start, count), path
-            )
+            _check_finite(data, np.dtype(dtype).newbyteorder(order), start, count, path)
 
 
 def _check_zlib(path: Path, data: Path, start: int, nbytes: int) -> None:

@@ -270,8 +270,11 @@ def hu_array(image: sitk.Image, path: Path) -> np.ndarray:
     """The voxels as a ``(z, y, x)`` array; ``InputError`` when any is NaN or infinite, or
     when they look read in the wrong byte order."""
     array = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise InputError(f"{path}: voxels hold NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating):
+        flat = array.reshape(-1)
+        for start in range(0, flat.size, 1 << 22):  # no volume-sized temporary
+            if not np.isfinite(flat[start : start + (1 << 22)]).all():
+                raise InputError(f"{path}: voxels hold NaN or infinite values")
     if reason := byte_order_error(array, path):
         raise InputError(reason)
     return array

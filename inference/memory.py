@@ -31,11 +31,9 @@ ENGINE_NETWORK_BYTES_PER_VOXEL = 310
 
 
 def reader_bytes_per_voxel(bytes_per_voxel: int) -> int:
-    """The reader process's peak per voxel (``inference.reader``): the image in its own type,
-    its int16 copy (none for int16), and for floats the rounded array as well."""
-    if bytes_per_voxel == 2:
-        return 2
-    return 2 * bytes_per_voxel + 2 if bytes_per_voxel >= 4 else bytes_per_voxel + 2
+    """The reader process's peak per voxel (``inference.reader``): the image in its own type
+    and its int16 copy (none for int16; converted in slabs, so no float temporaries)."""
+    return 2 if bytes_per_voxel == 2 else bytes_per_voxel + 2
 
 
 def estimated_peak_bytes(

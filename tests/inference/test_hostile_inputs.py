@@ -196,3 +196,20 @@ def test_a_stop_during_numpy_ends_the_run_within_seconds(small_weights, tmp_path
     assert code == 128 + signal.SIGTERM
     assert ended - sent[0] < 5
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_enhanced_multi_frame_dicom_file_is_a_case(small_weights, tmp_path):
+    ct = small_ct()
+    series = tmp_path / "in" / "series"
+    series.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")  # one file, its frames the slices
+    writer.SetFileName(str(series / "volume.dcm"))
+    frames = sitk.Cast(ct, sitk.sitkInt16)
+    frames.SetMetaData("0008|0060", "CT")
+    writer.Execute(frames)
+    assert run(small_weights, tmp_path / "in", tmp_path / "out") == 0
+    labels = sitk.ReadImage(str(tmp_path / "out" / "series.nii.gz"))
+    assert labels.GetSize() == ct.GetSize()
+    assert np.allclose(labels.GetOrigin(), ct.GetOrigin(), atol=1e-3)
+    assert np.allclose(labels.GetSpacing(), ct.GetSpacing())
