@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: demo test test-fast lint bench all-data weights reverse-fold weights-report gpu-weights \
-	gpu-kit clean
+	gpu-kit bodies-s0009-data clean
 
 # make demo installs the runtime alone (what the CPU container holds, and Pillow for its picture:
 # about 660 MB); the other targets the development set (torch, onnx, pytest, ...: about 1.9 GB).
@@ -96,6 +96,21 @@ reverse-fold: all-data
 	$(call both_stages,_reverse_cubes)
 	$(PY) -m export --checkpoint build/reverse_cubes/coarse/last.pt build/reverse_cubes/fine/last.pt \
 	    --out $(REVERSE)
+
+# The first fold that holds a whole body out: s0009 of data/ts_dataset (its real CT and its map)
+# held out; trained on patients A and B (real) and CTs painted by training.synth from the maps of
+# patient A (8) and of s0001, s0004, s0006, s0327, s0328 (4 each). The fine stage:
+# training/configs/bodies_fine_s0009_out.toml (1600 iterations, about 1.5 hours on one core).
+BODIES := build/bodies_s0009
+PAINTED_MAPS := s0001 s0004 s0006 s0327 s0328
+bodies-s0009-data: $(VENV)/installed
+	$(PY) -m training.totalsegmentator --out $(BODIES) --held-out none --test-subject s0009
+	$(PY) -m training.synth --labels data/totalsegmentator/example_seg.nii.gz --out $(BODIES) \
+	    --count 8 --seed 0 --prefix synthA
+	for s in $(PAINTED_MAPS); do $(PY) -m training.synth --labels data/ts_dataset/labels/$$s.nii.gz \
+	    --out $(BODIES) --count 4 --seed 0 --prefix synth_$$s || exit 1; done
+	$(PY) -m training.prepare --dataset $(BODIES) --out $(BODIES)_cache --coarse-crops 2 \
+	    --fine-crops 8 --stages fine
 
 # The fp16 graphs the GPU image runs, derived from the fp32 graphs git stores (byte-identical
 # to an export from the training checkpoints; it says so against manifest.json). Before

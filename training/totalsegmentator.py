@@ -131,6 +131,21 @@ def write_dataset(out: Path, fixtures: Path, held_out: str = "B") -> None:
     )
 
 
+TS_DATASET = ROOT / "data" / "ts_dataset"
+
+
+def add_test_subject(out: Path, subject: str) -> None:
+    """``data/ts_dataset``'s ``subject`` (CT and label map, in FLARE ids) as a held-out case."""
+    image = TS_DATASET / "images" / f"{subject}_0000.nii.gz"
+    if not image.is_file():
+        raise ValueError(f"{image}: no CT of {subject} in {TS_DATASET} (only its map, if any)")
+    for sub in ("imagesTs", "labelsTs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy(image, out / "imagesTs" / image.name)
+    labels = to_flare(sitk.ReadImage(str(TS_DATASET / "labels" / f"{subject}.nii.gz")))
+    sitk.WriteImage(labels, str(out / "labelsTs" / f"{subject}.nii.gz"), useCompression=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m training.totalsegmentator",
@@ -145,10 +160,20 @@ def main(argv: list[str] | None = None) -> int:
         default="B",
         help="patient kept out of training (leave-one-patient-out folds; none: train on both)",
     )
+    p.add_argument(
+        "--test-subject",
+        action="append",
+        default=[],
+        metavar="SNNNN",
+        help="a subject of data/ts_dataset with its real CT (s0009), added to imagesTs/labelsTs "
+        "in FLARE ids: a body held out (its map is then not to be painted for training)",
+    )
     args = p.parse_args(argv)
     try:
         fixtures = extract(fetch_sdist(args.downloads), args.downloads / "extracted")
         write_dataset(args.out, fixtures, args.held_out)
+        for subject in args.test_subject:
+            add_test_subject(args.out, subject)
     except (OSError, ValueError, subprocess.CalledProcessError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
