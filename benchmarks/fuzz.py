@@ -289,13 +289,18 @@ def nifti2(image: sitk.Image) -> bytes:
 
 def names(folder: Path, stem: str, rng, ct) -> list[Entry]:
     how = ["not utf-8", "empty case", "too long"][int(rng.integers(3))]
-    if how == "not utf-8":
+    if how == "not utf-8":  # a Latin-1 name from an old system: read, and named alike
         name = os.fsdecode(stem.encode() + b"_\xff\xfe.nii.gz")
-    elif how == "empty case":
+        # Written under a plain name: ITK's writer aborts on a name that is not UTF-8.
+        plain = folder / f"{stem}_plain.nii.gz"
+        write(ct, plain, True)
+        os.rename(plain, folder / name)
+        output = name.removesuffix(".nii.gz") + ".nii.gz"
+        return [Entry(name, "name not utf-8", "done", output, grid(ct))]
+    if how == "empty case":
         name = "_0000.nii.gz"
     else:
         name = stem + "y" * (250 - len(stem)) + ".nii"
-    # Written under a plain name: ITK's writer aborts on a name that is not UTF-8.
     plain = folder / f"{stem}_plain{'.nii.gz' if name.endswith('.gz') else '.nii'}"
     write(ct, plain, name.endswith(".gz"))
     os.rename(plain, folder / name)

@@ -137,12 +137,8 @@ def find_inputs(folder: Path) -> list[Path]:
 
 def name_error(path: Path, case: str) -> str | None:
     """Why ``path``, case ``case``, can't give an output file, or None."""
-    try:
-        os.fsencode(path).decode("utf-8")
-    except UnicodeDecodeError:
-        return f"{shown(path)}: its name is not valid UTF-8; rename it"
     if not case or case in (".", ".."):
         return f"{shown(path)}: gives an empty case name; rename it (<case>_0000.nii.gz)"
-    if len(f"{case}.nii.gz".encode()) > NAME_MAX:
+    if len(os.fsencode(f"{case}.nii.gz")) > NAME_MAX:
         return f"{shown(path)}: its output name would be over {NAME_MAX} bytes; shorten it"
     return None

@@ -97,10 +97,10 @@ def read_header(path: Path, scratch: Path | None = None) -> Header:
     files: tuple[str, ...] = ()
     with _scratch(scratch) as tmp:
         if path.is_dir():
-            files = dicom_files(path)
+            files = dicom_files(itk_name(path, tmp))
             target = Path(files[0])
         else:
-            target = check_file(path, tmp, data=False)
+            target = itk_name(check_file(path, tmp, data=False), tmp)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(target))
         try:
@@ -127,6 +127,23 @@ def _scratch(folder: Path | None) -> Iterator[Path]:
     else:
         with tempfile.TemporaryDirectory(prefix="flare22-read-") as tmp:
             yield Path(tmp)
+
+
+def itk_name(path: Path, scratch: Path) -> Path:
+    """``path``, or a link to it in ``scratch`` when its name is not UTF-8: ITK's readers abort
+    the process on such a name (a C++ exception no one catches), Python reads it fine."""
+    try:
+        str(path).encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        pass
+    if path.name.lower().endswith((".mhd", ".nhdr")):  # their data file is found beside them
+        raise InputError(f"{path}: a detached header whose name is not UTF-8; rename it")
+    suffix = next((s for s in SUFFIXES if path.name.lower().endswith(s)), "")
+    link = scratch / f"input-link{suffix}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(os.path.abspath(path))
+    return link
 
 
 def dicom_files(folder: Path) -> tuple[str, ...]:
@@ -176,12 +193,15 @@ def read_ct(path: Path, header: Header | None = None, scratch: Path | None = Non
     header = header or read_header(path, scratch)
     with _scratch(scratch) as tmp:
         try:
-            if len(header.dicom_files) > 1:
-                image = _read_series(path, header.dicom_files)
-            elif header.dicom_files:  # an enhanced multi-frame CT: its frames are the slices
-                image = sitk.ReadImage(header.dicom_files[0])
+            files = header.dicom_files
+            if files and not os.path.exists(files[0]):  # listed through a link since removed
+                files = dicom_files(itk_name(path, tmp))
+            if len(files) > 1:
+                image = _read_series(path, files)
+            elif files:  # an enhanced multi-frame CT: its frames are the slices
+                image = sitk.ReadImage(files[0])
             else:
-                image = sitk.ReadImage(str(check_file(path, tmp)))
+                image = sitk.ReadImage(str(itk_name(check_file(path, tmp), tmp)))
         except RuntimeError as e:
             raise InputError(f"{path}: cannot read image ({_itk_reason(e)})") from e
     _check_shape(path, image.GetDimension(), image.GetNumberOfComponentsPerPixel(), image.GetSize())

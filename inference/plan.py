@@ -39,6 +39,13 @@ class Plan:
 
 def prepare_output_folder(folder: Path) -> None:
     """Create ``folder`` if needed and prove it writable, or raise ``PlanError``."""
+    try:
+        str(folder.resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PlanError(
+            f"{shown(folder)}: the output folder's path is not UTF-8, which the image writer "
+            "cannot take; choose another (-o)"
+        ) from None
     if folder.exists() and not folder.is_dir():
         raise PlanError(f"{folder}: is a file, not a folder; give -o a folder for the outputs")
     try:

@@ -18,6 +18,7 @@ from inference.errors import InputError
 from inference.headers import check_file
 from inference.io import hu_array, read_ct
 from inference.reader import Reader
+from tests.helpers import write_dicom_series
 from tests.inference.test_batch_safety import small_ct
 from tests.inference.test_cli import run
 
@@ -213,3 +214,19 @@ def test_an_enhanced_multi_frame_dicom_file_is_a_case(small_weights, tmp_path):
     assert labels.GetSize() == ct.GetSize()
     assert np.allclose(labels.GetOrigin(), ct.GetOrigin(), atol=1e-3)
     assert np.allclose(labels.GetSpacing(), ct.GetSpacing())
+
+
+def test_names_that_are_not_utf8_are_read_and_named_alike(small_weights, tmp_path, capsys):
+    # ITK's readers and writers abort the process on such a name: a batch used to die of it.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    plain = inputs / "plain.nii"
+    write(small_ct(), plain)
+    latin1 = os.fsdecode(b"caf\xe9_0000.nii")
+    os.rename(plain, inputs / latin1)
+    write_dicom_series(small_ct(), inputs / "series")  # written plain: ITK's writer aborts too
+    os.rename(inputs / "series", inputs / os.fsdecode(b"s\xe9rie"))
+    assert run(small_weights, inputs, tmp_path / "out") == 0
+    made = sorted(os.fsencode(p.name) for p in (tmp_path / "out").iterdir())
+    assert made == [b"caf\xe9.nii.gz", b"s\xe9rie.nii.gz"]
+    assert "caf\\xe9.nii.gz" in capsys.readouterr().err  # printed escaped
