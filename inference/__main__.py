@@ -31,6 +31,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -40,7 +41,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .discovery import scan_inputs, shown
-from .io import Geometry, Header, InputError, case_name, write_labels
+from .io import Geometry, Header, InputError, case_name, partial_path, write_labels
 from .memory import memory_error
 from .openvino_stage import CPU_ENGINES
 from .pipeline import ORT_ERRORS, DeviceError, Result, Segmenter
@@ -53,6 +54,8 @@ log = logging.getLogger("inference")
 # The seconds of each step in a --timings record; their sum is its "total".
 TIMING_KEYS = ("read", "coarse", "region", "fine", "post", "write")
 T = TypeVar("T")
+# How long a stopped batch waits for the write under way before removing its temporary file.
+STOP_WRITE_WAIT_S = 2.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -232,6 +235,8 @@ class Batch:
         self.segmenter, self.cases, self.timings, self.reader = segmenter, cases, timings, reader
         self.failed = 0
         self.written = 0
+        self.writing: Future | None = None  # the last write submitted, and its output
+        self.writing_to = Path()
         self.tty = sys.stderr.isatty()
 
     def run(self) -> None:
@@ -244,7 +249,16 @@ class Batch:
             # removed). A compute thread still in numpy is left to the process's exit.
             self.segmenter.stop()
             self.reader.close()
-            io.shutdown(wait=True, cancel_futures=True)
+            io.shutdown(wait=False, cancel_futures=True)
+            if self.writing is not None:
+                try:
+                    self.writing.result(timeout=STOP_WRITE_WAIT_S)
+                except FutureTimeout:
+                    # A huge label map still being compressed: its temporary file goes now
+                    # (the rename after the write then fails), so nothing partial stays.
+                    partial_path(self.writing_to).unlink(missing_ok=True)
+                except Exception:
+                    pass  # its own error; nothing of it stays
             raise
         io.shutdown()
 
@@ -269,7 +283,9 @@ class Batch:
             writing = None
             if done is not None:
                 labels, geometry, record = done
-                writing = (io.submit(write_case, labels, geometry, case.output), case, record)
+                future = io.submit(write_case, labels, geometry, case.output)
+                self.writing, self.writing_to = future, case.output
+                writing = (future, case, record)
         self._finish_write(writing)
 
     def _wait_read(self, reading: Future, case: Case) -> Loaded | None:

@@ -300,12 +300,17 @@ def hu_array(image: sitk.Image, path: Path) -> np.ndarray:
     return array
 
 
+def partial_path(path: Path) -> Path:
+    """The hidden name ``path`` is written under before it is renamed: short, so that an output
+    whose name is the longest the file system takes still has one, and the writer's own."""
+    return path.with_name(f".flare22-partial-{os.getpid()}{''.join(path.suffixes[-2:])}")
+
+
 def write_image(image: sitk.Image, path: Path) -> None:
     """Write ``image`` (gzip-compressed where the format allows); it appears atomically: a
     temporary name, then a rename. Raises OSError naming ``path``."""
     # ITK picks the writer by the name's ending, so the temporary name keeps it.
-    # A short name: an output whose name is the longest the file system takes still has one.
-    tmp = path.with_name(f".flare22-partial-{os.getpid()}{''.join(path.suffixes[-2:])}")
+    tmp = partial_path(path)
     try:
         sitk.WriteImage(image, str(tmp), useCompression=True)
         os.replace(tmp, path)
