@@ -160,12 +160,20 @@ class Reader:
     def _died(self, path: Path, e: BaseException) -> str:
         """The ERROR reason for a reader that died while reading ``path``."""
         proc = self._proc
-        code = proc.wait(5) if proc is not None else None
+        code = None
+        if proc is not None:
+            try:
+                code = proc.wait(5)
+            except subprocess.TimeoutExpired:  # alive, but its end of the socket is gone
+                proc.kill()
+                code = proc.wait()
         self._proc = None
         if self._closed:
             return f"{path}: not read, the batch is stopping"
         if code is not None and code < 0:
             how = f"killed by {signal.Signals(-code).name}"
+            if code == -signal.SIGKILL:
+                how += ", out of memory?"
         else:
             how = f"exited with {code}" if code is not None else type(e).__name__
         last = self._last_words()
