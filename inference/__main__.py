@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,8 @@ TIMING_KEYS = ("read", "coarse", "region", "fine", "post", "write")
 T = TypeVar("T")
 # How long a stopped batch waits for the write under way before removing its temporary file.
 STOP_WRITE_WAIT_S = 2.0
+# How long a batch that ends before its first case waits for the networks it was loading.
+LOAD_WAIT_S = 30.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -381,6 +383,15 @@ def _run(args: argparse.Namespace, batches: list[Batch]) -> int:
         return 2
     # The networks load while the inputs are planned (the reader process reads the headers).
     loading = in_daemon_thread(Segmenter, args.weights, args.device, None, args.cpu_engine)
+    try:
+        return _plan_and_run(args, batches, loading)
+    finally:
+        # A process that ends while OpenVINO still compiles in that thread dies in C++
+        # (std::terminate at exit): let the load finish, its result unused, before returning.
+        wait([loading], timeout=LOAD_WAIT_S)
+
+
+def _plan_and_run(args: argparse.Namespace, batches: list[Batch], loading: Future) -> int:
     with Reader() as reader:
         scan = scan_inputs(args.input)
         for path, why in scan.skipped:
