@@ -408,6 +408,14 @@ def make_corpus(
     return batches
 
 
+def read_any(path: Path) -> sitk.Image:
+    """``path`` read by ITK, through a link with a plain name (ITK aborts on non-UTF-8)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        link = Path(tmp) / "output.nii.gz"
+        link.symlink_to(path)
+        return sitk.ReadImage(str(link))
+
+
 def tree_hashes(folder: Path) -> dict[str, str]:
     out = {}
     for dirpath, _, files in os.walk(folder):
@@ -474,7 +482,7 @@ def run_batch(folder: Path, entries: list[Entry], out: Path, weights: Path, time
             if not path.exists():
                 counts["good lost" if e.kind == "good" else "valid refused"] += 1
                 problems.append(f"{e.kind}: {e.name!r} not segmented: {mentioned[:1]}")
-            elif grid(sitk.ReadImage(str(path))) != e.grid:
+            elif grid(read_any(path)) != e.grid:
                 counts["off grid"] += 1
                 problems.append(f"{e.kind}: {e.name!r} off grid")
         else:
