@@ -412,7 +412,7 @@ def read_any(path: Path) -> sitk.Image:
     """``path`` read by ITK, through a link with a plain name (ITK aborts on non-UTF-8)."""
     with tempfile.TemporaryDirectory() as tmp:
         link = Path(tmp) / "output.nii.gz"
-        link.symlink_to(path)
+        link.symlink_to(path.absolute())
         return sitk.ReadImage(str(link))
 
 
