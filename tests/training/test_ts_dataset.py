@@ -41,3 +41,18 @@ def test_the_held_out_body_has_its_ct_on_its_map_grid(tmp_path):
     array = sitk.GetArrayFromImage(labels)
     assert array.max() <= 13 and (array == 1).sum() > 50_000  # liver in FLARE ids
     assert (ROOT / "data" / "ts_dataset" / "NOTICE.md").is_file()
+
+
+def test_the_held_out_body_fold_config_trains_from_the_shipped_fine_network():
+    import argparse
+
+    from training.config import from_args
+
+    cfg = from_args(
+        argparse.Namespace(config=ROOT / "training" / "configs" / "bodies_fine_s0009_out.toml")
+    )
+    assert cfg.stage == "fine" and (ROOT / cfg.init).is_file()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "BODIES := build/bodies_s0009" in makefile and cfg.cache == "build/bodies_s0009_cache"
+    assert "--test-subject s0009" in makefile  # its CT and map in no training sample
+    assert "s0009" not in makefile.split("PAINTED_MAPS :=")[1].splitlines()[0]
