@@ -242,7 +242,7 @@ def valid_rare(folder: Path, stem: str, rng, ct) -> list[Entry]:
         target = folder.parent / f"{folder.name}_{stem}_target.nii.gz"
         write(ct, target, True)
         name = f"{stem}_linked.nii.gz"
-        (folder / name).symlink_to(target)
+        (folder / name).symlink_to(target.absolute())
     else:
         stem = {
             "long name": stem + "x" * (255 - len(stem) - len(".nii.gz") - 8),
