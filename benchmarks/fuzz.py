@@ -360,7 +360,7 @@ def entries_odd(folder: Path, stem: str, rng, ct) -> list[Entry]:
     if how == "dangling link":
         (folder / name).symlink_to(folder / "nowhere.nii.gz")
     elif how == "looping link":
-        (folder / name).symlink_to(folder / name)
+        (folder / name).symlink_to(name)  # relative: itself
     elif how == "fifo":
         os.mkfifo(folder / name)
     elif how == "hidden":
