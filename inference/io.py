@@ -7,6 +7,7 @@ import struct
 import tempfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,14 @@ import SimpleITK as sitk
 
 from .discovery import SUFFIXES, find_inputs, is_dicom_file
 from .errors import InputError
-from .headers import byte_order_error, check_file, check_rotation
+from .headers import (
+    byte_order_error,
+    check_file,
+    check_rotation,
+    nifti1,
+    nifti_bytes,
+    verify_gzip,
+)
 
 __all__ = ["SUFFIXES", "InputError", "find_inputs"]  # kept here for the callers of old
 
@@ -200,6 +208,8 @@ def read_ct(path: Path, header: Header | None = None, scratch: Path | None = Non
                 image = _read_series(path, files)
             elif files:  # an enhanced multi-frame CT: its frames are the slices
                 image = sitk.ReadImage(files[0])
+            elif path.name.lower().endswith(".nii.gz"):
+                image = _read_nii_gz(path, tmp)
             else:
                 image = sitk.ReadImage(str(itk_name(check_file(path, tmp), tmp)))
         except RuntimeError as e:
@@ -211,6 +221,34 @@ def read_ct(path: Path, header: Header | None = None, scratch: Path | None = Non
     check_rotation(path, np.array(image.GetDirection()).reshape(3, 3), "direction", False)
     if not all(math.isfinite(o) for o in image.GetOrigin()):
         raise InputError(f"{path}: its origin is not finite")
+    return image
+
+
+def _read_nii_gz(path: Path, scratch: Path) -> sitk.Image:
+    """A .nii.gz read by ITK while a thread checks its gzip stream (CRCs, lengths, the size
+    its header declares): side by side on two cores, about as fast as ITK alone. A file ITK
+    cannot take (several gzip members, NIfTI-2) is decompressed first instead."""
+    head = scratch / "input-head.nii"
+    check_file(path, scratch, data=False)  # the header, before ITK sees it
+    with gzip.open(path) as f:
+        head.write_bytes(f.read(544))
+    fast = nifti1(head, scratch / "input-head1.nii", data=False) == head
+    with ThreadPoolExecutor(1) as pool:
+        checking = pool.submit(verify_gzip, path)
+        image = None
+        if fast:
+            try:
+                image = sitk.ReadImage(str(itk_name(path, scratch)))
+            except RuntimeError:
+                pass  # e.g. a second gzip member: read below, through the whole stream
+        members, total = checking.result()
+    expected = nifti_bytes(head.read_bytes())
+    if expected is not None and total < expected:
+        raise InputError(
+            f"{path}: truncated: {total} bytes once decompressed, its header declares {expected}"
+        )
+    if image is None or members > 1:
+        image = sitk.ReadImage(str(check_file(path, scratch)))
     return image
 
 
