@@ -207,7 +207,7 @@ def _volumes_ml(path: Path) -> dict[int, float]:
 
 def _scores(per_case: Path) -> dict[str, dict[int, tuple[float, float]]]:
     out: dict[str, dict[int, tuple[float, float]]] = {}
-    with open(per_case, newline="") as f:
+    with open(per_case, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             if row["status"] == "ok":
                 scores = (float(row["dsc"]), float(row["nsd"]))
@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     out = args.weights / "MODEL_CARD.md"
-    out.write_text(text)
+    out.write_text(text, encoding="utf-8")
     print(text)
     return 0
 

@@ -40,7 +40,7 @@ def test_the_card_shows_scores_volumes_and_targets(tmp_path):
 
     argv = ["--weights", str(weights), "--dataset", str(dataset), "--eval", str(evaluation)]
     assert main(argv) == 0
-    card = (weights / "MODEL_CARD.md").read_text()
+    card = (weights / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "| liver | 8.0 | 4.0 | 0.667 |" in card
     assert "| spleen | 0.5 | 0.5 | 1.000 | 1.000 |" in card
     assert "| left kidney | not in view | 0.0 | | |" in card  # 1 voxel = 0.008 mL
@@ -59,7 +59,7 @@ def test_the_card_shows_scores_volumes_and_targets(tmp_path):
 
     # The weights these replace, as a column.
     assert main([*argv, "--previous", str(evaluation / "training" / "per_case.csv")]) == 0
-    card = (weights / "MODEL_CARD.md").read_text()
+    card = (weights / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "| liver | 8.0 | 4.0 | 0.667 | 0.667 |" in card and "DSC before" in card
     assert "- **fine**: 3 epochs, checkpoint sha256 `" + "ab" * 32 in card
 
@@ -97,7 +97,7 @@ def test_weights_trained_on_every_patient_show_both_leave_one_out_folds(tmp_path
 
     argv = ["--weights", str(weights), "--dataset", str(dataset), "--eval", str(evaluation)]
     assert main([*argv, "--fold", str(folds)]) == 0
-    card = (weights / "MODEL_CARD.md").read_text()
+    card = (weights / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "- **patient B** (training)" in card and "Held-out patient" not in card
     fold_table = card.split("### Leave-one-patient-out fold, held out: patientB", 1)[1]
     assert fold_table.split("\n| liver |", 1)[1].startswith(" 8.0 | 4.0 | 0.667 |")
@@ -139,7 +139,7 @@ def test_unseen_synthetic_cts_get_a_mean_dsc_per_organ_over_the_cases_that_hold_
     (weights / "manifest.json").write_text(json.dumps({"training": {}}))
     argv = ["--weights", str(weights), "--dataset", str(dataset), "--eval", str(evaluation)]
     assert main([*argv, "--synthetic", str(unseen)]) == 0
-    card = (weights / "MODEL_CARD.md").read_text()
+    card = (weights / "MODEL_CARD.md").read_text(encoding="utf-8")
     table = card.split("### 2 synthetic CTs no training drew", 1)[1].split("##", 1)[0]
     assert "| liver | 2 | 0.833 |" in table  # (1 + 2/3) / 2
     assert "| spleen | 1 | 1.000 |" in table  # held_001 has none: not scored 1 by the rules
