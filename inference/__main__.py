@@ -31,7 +31,6 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -252,15 +251,11 @@ class Batch:
             self.segmenter.stop()
             self.reader.close()
             io.shutdown(wait=False, cancel_futures=True)
-            if self.writing is not None:
-                try:
-                    self.writing.result(timeout=STOP_WRITE_WAIT_S)
-                except FutureTimeout:
-                    # A huge label map still being compressed: its temporary file goes now
-                    # (the rename after the write then fails), so nothing partial stays.
-                    partial_path(self.writing_to).unlink(missing_ok=True)
-                except Exception:
-                    pass  # its own error; nothing of it stays
+            if self.writing is not None and not wait([self.writing], STOP_WRITE_WAIT_S).done:
+                # A huge label map still being compressed: its temporary file goes now (the
+                # rename after the write then fails), so nothing partial stays. A write that
+                # failed removed its own.
+                partial_path(self.writing_to).unlink(missing_ok=True)
             raise
         io.shutdown()
 

@@ -21,12 +21,11 @@ from .headers import (
     byte_order_error,
     check_file,
     check_rotation,
-    nifti1,
     nifti_bytes,
     verify_gzip,
 )
 
-__all__ = ["SUFFIXES", "InputError", "find_inputs"]  # kept here for the callers of old
+__all__ = ["SUFFIXES", "InputError", "find_inputs"]  # where callers have imported them from
 
 MAX_SPACING_MM = 100.0  # no CT has voxels a decimetre deep: such a header is broken
 # No CT scanner makes more voxels than this (512 x 512 x 2048; 1024 x 1024 x 512): a header
@@ -228,19 +227,13 @@ def _read_nii_gz(path: Path, scratch: Path) -> sitk.Image:
     """A .nii.gz read by ITK while a thread checks its gzip stream (CRCs, lengths, the size
     its header declares): side by side on two cores, about as fast as ITK alone. A file ITK
     cannot take (several gzip members, NIfTI-2) is decompressed first instead."""
-    head = scratch / "input-head.nii"
-    check_file(path, scratch, data=False)  # the header, before ITK sees it
-    with gzip.open(path) as f:
-        head.write_bytes(f.read(544))
-    fast = nifti1(head, scratch / "input-head1.nii", data=False) == head
+    # The header checked before ITK sees it; its first bytes land in scratch/input.nii, and a
+    # NIfTI-2 header comes back rewritten elsewhere: ITK reads only NIfTI-1.
+    head = scratch / "input.nii"
+    fast = check_file(path, scratch, data=False) == head
     with ThreadPoolExecutor(1) as pool:
         checking = pool.submit(verify_gzip, path)
-        image = None
-        if fast:
-            try:
-                image = sitk.ReadImage(str(itk_name(path, scratch)))
-            except RuntimeError:
-                pass  # e.g. a second gzip member: read below, through the whole stream
+        image = _itk_read_or_none(itk_name(path, scratch)) if fast else None
         members, total = checking.result()
     expected = nifti_bytes(head.read_bytes())
     if expected is not None and total < expected:
@@ -250,6 +243,15 @@ def _read_nii_gz(path: Path, scratch: Path) -> sitk.Image:
     if image is None or members > 1:
         image = sitk.ReadImage(str(check_file(path, scratch)))
     return image
+
+
+def _itk_read_or_none(path: Path) -> sitk.Image | None:
+    """ITK's read of ``path``; None where ITK refuses it (a second gzip member), for the
+    caller to read it another way."""
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError:
+        return None
 
 
 def _read_series(folder: Path, files: tuple[str, ...]) -> sitk.Image:
@@ -282,25 +284,6 @@ def _read_series(folder: Path, files: tuple[str, ...]) -> sitk.Image:
     return image
 
 
-def _nifti_bytes(header: bytes) -> int | None:
-    """Uncompressed size of a .nii file from its header (NIfTI-1 or -2), None if not one."""
-    for endian in "<>":
-        if len(header) >= 348 and struct.unpack(endian + "i", header[:4])[0] == 348:
-            dims = struct.unpack(endian + "8h", header[40:56])
-            bitpix = struct.unpack(endian + "h", header[72:74])[0]
-            offset = int(struct.unpack(endian + "f", header[108:112])[0])
-        elif len(header) >= 540 and struct.unpack(endian + "i", header[:4])[0] == 540:
-            bitpix = struct.unpack(endian + "h", header[14:16])[0]
-            dims = struct.unpack(endian + "8q", header[16:80])
-            offset = struct.unpack(endian + "q", header[168:176])[0]
-        else:
-            continue
-        if not 1 <= dims[0] <= 7:
-            return None
-        return offset + math.prod(dims[1 : dims[0] + 1]) * bitpix // 8
-    return None
-
-
 def check_gzip_complete(path: Path) -> None:
     """``InputError`` if a .nii.gz is cut short; ITK reads such a file without complaint.
 
@@ -317,7 +300,7 @@ def check_gzip_complete(path: Path) -> None:
             (stored,) = struct.unpack("<I", f.read(4))
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(f"{path}: corrupt gzip ({e})") from e
-    expected = _nifti_bytes(header)
+    expected = nifti_bytes(header)
     if expected is not None and stored != expected % 2**32:
         raise InputError(
             f"{path}: truncated or corrupt gzip (holds {stored} bytes, header needs {expected})"
